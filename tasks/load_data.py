@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,11 +50,14 @@ def load_data(catalog: Catalog, cfg: DataConfig, run_id: str) -> Inputs:
     prompts = catalog.load(cfg.prompts)[: cfg.max_prompts]
     gold = catalog.load(cfg.gold)[: cfg.max_eval_rows]
     digests = {cfg.prompts: catalog.digest(cfg.prompts), cfg.gold: catalog.digest(cfg.gold)}
-    with resumed(run_id):
+    with resumed(run_id), warnings.catch_warnings():
+        # MLflow registers its local-file source class twice and warns that a path is ambiguous.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
         for name, rows, context in ((cfg.prompts, prompts, "training"), (cfg.gold, gold, "evaluation")):
-            ds = mlflow.data.from_pandas(
-                pd.DataFrame(rows), source=str(catalog.root / catalog.dataset(name).path), name=name
+            path = catalog.root / catalog.dataset(name).path
+            ds = mlflow.data.from_pandas(pd.DataFrame(rows), source=str(path), name=name)
+            mlflow.log_input(
+                ds, context=context, tags={"catalog.digest": digests[name], "rows": str(len(rows))}
             )
-            mlflow.log_input(ds, context=context, tags={"catalog.digest": digests[name]})
     logger.info("%d prompts, %d gold rows, labels %s", len(prompts), len(gold), entry.labels)
     return Inputs(prompts, gold, list(entry.labels), digests)

@@ -40,3 +40,14 @@ def test_every_row_is_in_exactly_one_group():
     d = route(rs, threshold=0.5, budget=0.2)
     assert sorted(d.accepted + d.review) == sorted(r["id"] for r in rs)
     assert len(d.review) == 4 and set(d.reasons) == {r["id"] for r in rs}
+
+
+def test_alias_decision_first_better_and_worse():
+    from potstill.promotion import decide_aliases
+
+    first = decide_aliases("student_accuracy", 0.7, None)
+    assert first.aliases == ["challenger", "champion"] and "no champion yet" in first.reasons[0]
+    better = decide_aliases("student_accuracy", 0.71, 0.7)
+    assert better.champion and "0.7100 beats the champion's 0.7000" in better.reasons[0]
+    tie = decide_aliases("student_accuracy", 0.7, 0.7)
+    assert tie.aliases == ["challenger"] and not tie.champion
