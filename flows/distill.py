@@ -14,9 +14,10 @@ from typing import Any
 from prefect import flow, runtime
 
 from potstill.catalog import Catalog
-from potstill.config import flatten, to_yaml, validate
+from potstill.config import config_hash, flatten, to_yaml, validate
 from potstill.env import find_project_root
 from potstill.models import default_cache_dir
+from potstill.versioning import git_commit_of
 from tasks.evaluate import evaluate, predict_gold
 from tasks.label import label_with_teacher
 from tasks.load_data import load_data
@@ -31,7 +32,7 @@ def distill(params: dict[str, Any] | None = None, project: str | None = None) ->
     """Distill the teacher into a student for the catalog's task and register it in MLflow."""
     cfg = validate(params or {})
     root = Path(project).resolve() if project else find_project_root()
-    catalog = Catalog.from_file(root / "catalog" / "catalog.yaml")
+    catalog = Catalog.from_file(root / "catalog" / "catalog.yaml", cfg.catalog)
     client = configure(root)
     teacher_prompt, student_prompt = catalog.prompt(cfg.teacher.prompt), catalog.prompt(cfg.student.prompt)
     run = client.create_run(
@@ -40,11 +41,16 @@ def distill(params: dict[str, Any] | None = None, project: str | None = None) ->
         tags={
             "potstill.flow": "distill",
             "prefect.flow_run_id": str(runtime.flow_run.id),
-            f"prompt.{teacher_prompt.name}": teacher_prompt.digest,
-            f"prompt.{student_prompt.name}": student_prompt.digest,
+            "potstill.config_hash": config_hash(cfg),
+            "git_commit": git_commit_of(root) or "none",
         },
     )
     run_id = run.info.run_id
+    prompt_versions = {
+        p.name: catalog.prompt_version(p.name, run_id) for p in (teacher_prompt, student_prompt)
+    }
+    for name, record in prompt_versions.items():
+        client.set_tag(run_id, f"prompt.{name}", f"{record.name} md5:{record.md5}")
     client.log_batch(run_id, params=[_param(k, v) for k, v in flatten(cfg).items()])
     client.log_text(run_id, to_yaml(cfg), "config/params.resolved.yaml")
     client.log_text(run_id, teacher_prompt.text, f"prompts/{teacher_prompt.name}.txt")
@@ -59,6 +65,14 @@ def distill(params: dict[str, Any] | None = None, project: str | None = None) ->
         trained = train_student(base, routed["train_rows"], cfg, workdir, run_id)
         student_eval = predict_gold(trained["folder"], inputs.gold, cfg.student.eval_batch_size, "student")
         metrics = evaluate(inputs.gold, inputs.labels, teacher_gold, base_eval, student_eval, run_id)
+        lineage = {
+            **{f"data.{n}": v for n, v in inputs.versions.items()},
+            **{f"data.{n}": v for n, v in routed["versions"].items()},
+            **{f"prompt.{n}": f"{r.name} md5:{r.md5}" for n, r in prompt_versions.items()},
+            "git_commit": git_commit_of(root) or "none",
+            "config_hash": config_hash(cfg),
+            "mlflow_run": run_id,
+        }
         registered = register_student(
             trained["folder"],
             inputs.gold,
@@ -66,6 +80,7 @@ def distill(params: dict[str, Any] | None = None, project: str | None = None) ->
             cfg.registry.metric,
             metrics[cfg.registry.metric],
             run_id,
+            lineage,
         )
     except BaseException:
         client.set_terminated(run_id, "FAILED")

@@ -1,13 +1,15 @@
 """The data catalog: every dataset and prompt addressed by name, declared in `catalog/catalog.yaml`.
 
-Tasks never build paths; they ask the catalog for an entry by name. `_resolve` is the single seam where
-versioned storage plugs in: today it maps a name to the workspace file, later to a DVC revision.
+Tasks never build paths; they ask the catalog for an entry by name. Entries marked `versioned: true`
+get a new version (DVC add + push, see `potstill.versioning`) whenever a save changes their content, and
+any past version can be loaded back by name: `catalog.load("teacher_labels", version="v3")`.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -18,7 +20,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from potstill.config import CatalogConfig
 from potstill.prompts import PromptTemplate
+from potstill.versioning import DvcStore, VersionLog, VersionRecord, is_git_repo
 
 Role = Literal["prompts", "gold_eval", "teacher_labels", "training_set", "review_queue", "incoming"]
 Kind = Literal["classification", "nli", "multiple_choice", "math", "summarization", "chat"]
@@ -38,6 +42,7 @@ class DatasetEntry(BaseModel):
     kind: Kind
     role: Role
     labels: list[str] = Field(default_factory=list)
+    versioned: bool = False
     description: str = ""
 
 
@@ -57,6 +62,8 @@ class Saved:
     path: Path
     rows: int
     digest: str
+    version: str | None = None  # "v3" for versioned entries
+    md5: str | None = None
 
 
 def file_digest(path: Path) -> str:
@@ -67,14 +74,42 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def md5_bytes(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()  # DVC's content hash of a file
+
+
+def parse_rows(data: bytes, fmt: str, where: str) -> list[dict[str, Any]]:
+    text = data.decode("utf-8-sig")
+    if fmt == "csv":
+        return list(csv.DictReader(io.StringIO(text, newline="")))
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise CatalogError(f"{where}:{lineno}: not valid JSON ({exc.msg})") from None
+    return rows
+
+
 class Catalog:
-    def __init__(self, root: Path, datasets: dict[str, DatasetEntry], prompts: dict[str, PromptEntry]):
+    def __init__(
+        self,
+        root: Path,
+        datasets: dict[str, DatasetEntry],
+        prompts: dict[str, PromptEntry],
+        settings: CatalogConfig | None = None,
+    ):
         self.root = root
         self.datasets = datasets
         self.prompts = prompts
+        self.settings = settings or CatalogConfig()
+        self.versions = VersionLog(root)
+        self.store = DvcStore(root, self.settings.remote)
+        self._store_ready = False
 
     @classmethod
-    def from_file(cls, path: str | Path) -> Catalog:
+    def from_file(cls, path: str | Path, settings: CatalogConfig | None = None) -> Catalog:
         path = Path(path).resolve()
         raw = yaml.safe_load(path.read_text()) or {}
         unknown = set(raw) - {"datasets", "prompts"}
@@ -87,41 +122,44 @@ class Catalog:
             prompts = {n: PromptEntry(name=n, **e) for n, e in (raw.get("prompts") or {}).items()}
         except ValidationError as exc:
             raise CatalogError(f"{path}: {exc}") from None
-        return cls(path.parent.parent, datasets, prompts)
+        return cls(path.parent.parent, datasets, prompts, settings)
 
     def dataset(self, name: str) -> DatasetEntry:
         if name not in self.datasets:
             raise CatalogError(f"no dataset {name!r} in the catalog; known: {sorted(self.datasets)}")
         return self.datasets[name]
 
-    def _resolve(self, name: str, version: str | None = None) -> Path:
-        entry = self.dataset(name)
-        if version not in (None, "workspace"):
-            raise CatalogError(f"{name}@{version}: versioned reads need the DVC catalog (not configured)")
-        return self.root / entry.path
+    def _resolve(self, name: str) -> Path:
+        return self.root / self.dataset(name).path
 
     def exists(self, name: str) -> bool:
         return self._resolve(name).exists()
 
-    def load(self, name: str, version: str | None = None) -> list[dict[str, Any]]:
-        entry, path = self.dataset(name), self._resolve(name, version)
-        if not path.exists():
-            raise CatalogError(f"dataset {name!r} has no data yet at {path}")
-        if entry.format == "csv":
-            with path.open(newline="", encoding="utf-8") as f:
-                return list(csv.DictReader(f))
-        rows = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise CatalogError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-        return rows
+    def is_versioned(self, name: str) -> bool:
+        return self.dataset(name).versioned and self.settings.versioning
 
-    def save(self, name: str, rows: list[dict[str, Any]]) -> Saved:
-        """Write atomically (temp file + rename) so a killed run never leaves half a dataset."""
+    def read_bytes(self, name: str, version: str | None = None) -> bytes:
+        """The bytes of the workspace file, or of a past version from git/DVC cache/remote."""
+        path = self._resolve(name)
+        if version in (None, "workspace"):
+            if not path.exists():
+                raise CatalogError(f"dataset {name!r} has no data yet at {path}")
+            return path.read_bytes()
+        record = self.versions.get(name, version)
+        if path.exists():
+            data = path.read_bytes()
+            if md5_bytes(data) == record.md5:
+                return data
+        if record.tag and is_git_repo(self.root):
+            return self.store.read_at_tag(self.dataset(name).path, record.tag)
+        return self.store.read_md5(record.md5)
+
+    def load(self, name: str, version: str | None = None) -> list[dict[str, Any]]:
+        where = f"{self._resolve(name)}" + (f"@{version}" if version else "")
+        return parse_rows(self.read_bytes(name, version), self.dataset(name).format, where)
+
+    def save(self, name: str, rows: list[dict[str, Any]], run_id: str | None = None) -> Saved:
+        """Write atomically (temp file + rename) so a killed run never leaves half a dataset; then version."""
         entry, path = self.dataset(name), self._resolve(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -135,10 +173,83 @@ class Catalog:
                 for r in rows:
                     f.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
         os.replace(tmp, path)
-        return Saved(name, path, len(rows), file_digest(path))
+        record = self._version(name, path, len(rows), run_id) if self.is_versioned(name) else None
+        return Saved(
+            name,
+            path,
+            len(rows),
+            file_digest(path),
+            record.name if record else None,
+            record.md5 if record else None,
+        )
+
+    def _ensure_store(self) -> None:
+        if not self._store_ready:
+            self.store.ensure()
+            self._store_ready = True
+
+    def _version(self, name: str, path: Path, rows: int, run_id: str | None) -> VersionRecord:
+        """Record a new version when the content is new; saving known content names the known version."""
+        self._ensure_store()
+        md5 = self.store.add(path, push=self.settings.push)
+        known = self.versions.find_md5(name, md5)
+        if known is not None:
+            return known
+        tag = f"{name}@v{(self.versions.latest(name).version if self.versions.latest(name) else 0) + 1}"
+        commit = self.settings.commit and is_git_repo(self.root)
+        record = self.versions.append(
+            name, md5=md5, rows=rows, size=path.stat().st_size, run_id=run_id, tag=tag if commit else None
+        )
+        if commit:
+            dvc_file = path.with_name(path.name + ".dvc")
+            repo_files = [
+                self.root / ".dvc" / "config",
+                self.root / ".dvc" / ".gitignore",
+                self.root / ".dvcignore",
+            ]
+            files = [dvc_file, self.versions.path(name), path.parent / ".gitignore", *repo_files]
+            self.store.commit_and_tag(
+                [f for f in files if f.exists()], f"catalog: {name} {record.name} (run {run_id})", tag
+            )
+        return record
+
+    def version_workspace(self, name: str, run_id: str | None = None) -> VersionRecord:
+        """Version the workspace file as it is (e.g. edited or replaced by hand)."""
+        path = self._resolve(name)
+        return self._version(name, path, len(self.load(name)), run_id)
+
+    def current_version(self, name: str) -> VersionRecord | None:
+        """The logged version whose content is in the workspace now (None when unversioned or changed)."""
+        path = self._resolve(name)
+        if not path.exists():
+            return None
+        return self.versions.find_md5(name, md5_bytes(path.read_bytes()))
+
+    def checkout(self, name: str, version: str) -> VersionRecord:
+        """Restore a past version into the workspace (and its .dvc file), without making a new version."""
+        record = self.versions.get(name, version)
+        data = self.read_bytes(name, version)
+        path = self._resolve(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        if self.is_versioned(name):
+            self._ensure_store()
+            self.store.add(path, push=False)
+        return record
 
     def digest(self, name: str) -> str:
         return file_digest(self._resolve(name))
+
+    def prompt_version(self, name: str, run_id: str | None = None) -> VersionRecord:
+        """The version of a prompt template's current text, logged as new when the text changed."""
+        text = self.prompt(name).text
+        md5 = md5_bytes(text.encode())
+        known = self.versions.find_md5(f"prompt.{name}", md5)
+        return known or self.versions.append(f"prompt.{name}", md5=md5, run_id=run_id, text=text)
+
+    def prompt_at(self, name: str, version: str) -> PromptTemplate:
+        record = self.versions.get(f"prompt.{name}", version)
+        return PromptTemplate(name, record.text or "")
 
     def prompt(self, name: str) -> PromptTemplate:
         if name not in self.prompts:

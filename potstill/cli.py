@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
+from potstill.catalog import Catalog
 from potstill.config import ConfigError, load_config, to_yaml
 from potstill.env import apply_defaults, find_project_root
+from potstill.rowdiff import diff_rows
+from potstill.versioning import split_ref
 
 OVERRIDE_HELP = (
     "override one config field, KEY.PATH=VALUE with the value read as YAML; repeatable "
@@ -43,12 +47,45 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "-o", "--override", action="append", default=[], metavar="KEY=VALUE", help=OVERRIDE_HELP
         )
+    cat = sub.add_parser(
+        "catalog",
+        help="list, inspect, restore and compare versions of catalog entries",
+        description="Versions of catalog entries (datasets tracked by DVC, prompt templates).",
+    )
+    csub = cat.add_subparsers(dest="catalog_command", required=True)
+    csub.add_parser("list", help="every entry with its kind, role, current version and rows")
+    p = csub.add_parser(
+        "log", help="the versions of an entry: date, content hash, rows, producing MLflow run"
+    )
+    p.add_argument("entry", help="dataset name, or prompt.<name> for a prompt template")
+    p = csub.add_parser("show", help="schema and sample rows of an entry (or a prompt's text) at a version")
+    p.add_argument(
+        "ref", help="ENTRY or ENTRY@vN (default: the workspace copy); prompt.<name>@vN for prompts"
+    )
+    p.add_argument("-n", "--rows", type=int, default=3, help="sample rows to print")
+    p = csub.add_parser("checkout", help="restore ENTRY@vN into the workspace (from the DVC cache or remote)")
+    p.add_argument("ref", help="ENTRY@vN")
+    p = csub.add_parser("diff", help="rows added, removed and relabeled between two versions")
+    p.add_argument("a", help="ENTRY@vN (or ENTRY for the workspace copy)")
+    p.add_argument("b", help="ENTRY@vM (or ENTRY for the workspace copy)")
+    p = sub.add_parser(
+        "lineage",
+        help="which data, prompts, code and config made a registered model",
+        description="Print the lineage recorded on a registered model version and how to get each part back.",
+    )
+    p.add_argument("model", help="MODEL@ALIAS, e.g. potstill-student@champion")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     root = apply_defaults(args.project.resolve() if args.project else find_project_root())
+    if args.command in ("catalog", "lineage"):
+        try:
+            return _catalog_command(args, root) if args.command == "catalog" else _lineage(args, root)
+        except (LookupError, ValueError) as exc:
+            print(f"potstill: {exc}", file=sys.stderr)
+            return 2
     config_path = args.config or (root / "params.yaml")
     try:
         cfg = load_config(config_path if config_path.exists() else None, args.override)
@@ -68,3 +105,85 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _catalog(root: Path) -> Catalog:
+    params = root / "params.yaml"
+    settings = load_config(params if params.exists() else None).catalog
+    return Catalog.from_file(root / "catalog" / "catalog.yaml", settings)
+
+
+def _catalog_command(args: argparse.Namespace, root: Path) -> int:
+    catalog = _catalog(root)
+    cmd = args.catalog_command
+    if cmd == "list":
+        print(f"{'entry':<22}{'kind':<16}{'role':<16}{'version':<10}{'rows':>7}")
+        for name, entry in catalog.datasets.items():
+            record = catalog.current_version(name) if catalog.exists(name) else None
+            version = record.name if record else ("changed" if catalog.exists(name) else "-")
+            rows = len(catalog.load(name)) if catalog.exists(name) else 0
+            print(f"{name:<22}{entry.kind:<16}{entry.role:<16}{version:<10}{rows:>7}")
+        for name in catalog.prompts:
+            latest = catalog.versions.latest(f"prompt.{name}")
+            print(f"{'prompt.' + name:<22}{'prompt':<16}{'-':<16}{latest.name if latest else '-':<10}{'':>7}")
+        return 0
+    if cmd == "log":
+        records = catalog.versions.records(args.entry)
+        if not records:
+            print(f"{args.entry}: no versions yet")
+        for r in records:
+            rows = f"{r.rows} rows" if r.rows is not None else ""
+            print(f"{r.name:<5} {r.created}  md5 {r.md5}  {rows:<11} run {r.run_id or '-'}  {r.tag or ''}")
+        return 0
+    if cmd == "show":
+        name, version = split_ref(args.ref)
+        if name.startswith("prompt."):
+            prompt_name = name.removeprefix("prompt.")
+            text = (
+                catalog.prompt_at(prompt_name, version).text if version else catalog.prompt(prompt_name).text
+            )
+            print(text)
+            return 0
+        rows = catalog.load(name, version)
+        entry = catalog.dataset(name)
+        columns: dict[str, set[str]] = {}
+        for r in rows:
+            for k, v in r.items():
+                columns.setdefault(k, set()).add(type(v).__name__)
+        print(f"{name}@{version or 'workspace'}: {len(rows)} rows, kind {entry.kind}, role {entry.role}")
+        print("schema: " + ", ".join(f"{k}: {'|'.join(sorted(t))}" for k, t in columns.items()))
+        for r in rows[: args.rows]:
+            print("  " + json.dumps(r, ensure_ascii=False)[:300])
+        report = root / "catalog" / "data" / "validation" / f"{name}.json"
+        print(f"last validation: {report.read_text()[:400] if report.exists() else 'none recorded'}")
+        return 0
+    if cmd == "checkout":
+        name, version = split_ref(args.ref)
+        if version is None:
+            raise ValueError(f"checkout needs ENTRY@vN, got {args.ref!r}")
+        record = catalog.checkout(name, version)
+        print(f"restored {name}@{record.name} ({record.rows} rows, md5 {record.md5}) into the workspace")
+        return 0
+    (na, va), (nb, vb) = split_ref(args.a), split_ref(args.b)
+    d = diff_rows(catalog.load(na, va), catalog.load(nb, vb))
+    print(f"{args.a} -> {args.b}: {d.summary()}")
+    for rid in d.added[:20]:
+        print(f"  + {rid}")
+    for rid in d.removed[:20]:
+        print(f"  - {rid}")
+    for rid, old, new in d.relabeled[:20]:
+        print(f"  ~ {rid}: {old} -> {new}")
+    return 0
+
+
+def _lineage(args: argparse.Namespace, root: Path) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from tasks.lineage import lineage_lines  # imports MLflow
+
+    try:
+        print("\n".join(lineage_lines(root, args.model)))
+    except MlflowException as exc:
+        print(f"potstill: {args.model}: {exc.message}", file=sys.stderr)
+        return 2
+    return 0

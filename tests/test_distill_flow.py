@@ -76,7 +76,8 @@ def test_distill_flow_end_to_end_then_cached_relabel(prefect_api, project: Path,
     assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"polarity_prompts", "polarity_gold"}
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "plots", "eval", "prompts", "data", "registry"} <= artifacts
-    resolved = yaml.safe_load(client.download_artifacts(run.info.run_id, "config/params.resolved.yaml"))
+    resolved_file = client.download_artifacts(run.info.run_id, "config/params.resolved.yaml")
+    resolved = yaml.safe_load(Path(resolved_file).read_text())
     assert resolved["teacher"]["model"] == str(tiny_model_dir)
     history = client.get_metric_history(run.info.run_id, "train_tokens_per_s")
     assert history and all(m.value > 0 for m in history)
@@ -92,16 +93,34 @@ def test_distill_flow_end_to_end_then_cached_relabel(prefect_api, project: Path,
     prompt_file = client.download_artifacts(run.info.run_id, "prompts/student_prompt.txt")
     assert Path(prompt_file).read_text() == catalog.prompt("student_prompt").text
 
+    # Lineage: the model version names the data and prompt versions, config and code that made it.
+    tags = client.get_model_version("potstill-student", "1").tags
+    for entry in ("polarity_prompts", "polarity_gold", "teacher_labels", "train_set", "review_queue"):
+        assert tags[f"lineage.data.{entry}"].startswith("v1 md5:"), entry
+    assert tags["lineage.prompt.student_prompt"].startswith("v1 md5:")
+    assert tags["lineage.config_hash"] == run.data.tags["potstill.config_hash"]
+    assert catalog.versions.latest("train_set").run_id == first["run_id"]
+    from tasks.lineage import lineage_lines
+
+    text = "\n".join(lineage_lines(project, "potstill-student@champion"))
+    assert (
+        "potstill catalog checkout train_set@v1" in text
+        and "potstill catalog show prompt.teacher_prompt@v1" in text
+    )
+
     # Re-running with the same inputs and config reuses the finished labeling (Prefect cache).
     second = distill(params=params, project=str(project))
     states = task_states(client.get_run(second["run_id"]).data.tags["prefect.flow_run_id"])
     assert states["label_with_teacher"] == ["Cached", "Cached"]
     assert states["train_student"] == ["Completed"]
     assert catalog.load("teacher_labels") == labeled
+    assert [r.name for r in catalog.versions.records("teacher_labels")] == [
+        "v1"
+    ]  # same content, same version
     v2 = second["registered"]
     assert v2["version"] == "2" and "challenger" in v2["aliases"]
-    champion = client.get_model_version_by_alias("potstill-student", "champion").version
+    champion = str(client.get_model_version_by_alias("potstill-student", "champion").version)
     beats = second["metrics"]["student_accuracy"] > first["metrics"]["student_accuracy"]
     assert champion == ("2" if beats else "1")
     if beats:
-        assert client.get_model_version_by_alias("potstill-student", "previous").version == "1"
+        assert str(client.get_model_version_by_alias("potstill-student", "previous").version) == "1"

@@ -1,0 +1,196 @@
+"""Versions of catalog entries: DVC stores the bytes, a small log in git names them v1, v2, ...
+
+Each versioned dataset save runs `dvc add` (content hash) and `dvc push` (to the configured remote) and
+appends a record to `catalog/versions/<entry>.jsonl`: version number, md5, rows, date, producing run,
+and, with `commit: true`, the git commit and tag `<entry>@v<N>`. A past version is read back through
+`dvc.api` at its git tag when there is one, else by its content hash from the local cache, fetching it
+from the remote when the cache is empty. Prompt templates live in git; their log keeps each distinct
+text, so a run can name, and a user can get back, the exact prompt version it used.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class VersionError(LookupError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    version: int
+    md5: str
+    created: str
+    rows: int | None = None
+    size: int | None = None
+    run_id: str | None = None
+    git_commit: str | None = None
+    tag: str | None = None
+    text: str | None = None  # prompt templates only: the template itself
+
+    @property
+    def name(self) -> str:
+        return f"v{self.version}"
+
+
+def parse_version(text: str | int) -> int:
+    """`v3`, `3` or 3 -> 3."""
+    raw = str(text).strip().removeprefix("v")
+    if not raw.isdigit() or int(raw) < 1:
+        raise VersionError(f"{text!r} is not a version: use v1, v2, ...")
+    return int(raw)
+
+
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """`teacher_labels@v3` -> ("teacher_labels", "v3"); `teacher_labels` -> (..., None)."""
+    name, _, version = ref.partition("@")
+    return name, version or None
+
+
+class VersionLog:
+    """Append-only per-entry log under `catalog/versions/`, meant to be committed with the code."""
+
+    def __init__(self, root: Path):
+        self.folder = root / "catalog" / "versions"
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{name}.jsonl"
+
+    def records(self, name: str) -> list[VersionRecord]:
+        path = self.path(name)
+        if not path.exists():
+            return []
+        return [VersionRecord(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+    def latest(self, name: str) -> VersionRecord | None:
+        records = self.records(name)
+        return records[-1] if records else None
+
+    def get(self, name: str, version: str | int) -> VersionRecord:
+        number = parse_version(version)
+        for record in self.records(name):
+            if record.version == number:
+                return record
+        known = [r.name for r in self.records(name)] or "none yet"
+        raise VersionError(f"{name}@v{number} does not exist; versions: {known}")
+
+    def find_md5(self, name: str, md5: str) -> VersionRecord | None:
+        return next((r for r in self.records(name) if r.md5 == md5), None)
+
+    def append(self, name: str, **fields: Any) -> VersionRecord:
+        latest = self.latest(name)
+        record = VersionRecord(
+            version=(latest.version + 1) if latest else 1,
+            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            **fields,
+        )
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self.path(name).open("a") as f:
+            f.write(json.dumps({k: v for k, v in asdict(record).items() if v is not None}) + "\n")
+        return record
+
+
+def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=check)
+
+
+def git_commit_of(root: Path) -> str | None:
+    proc = _git(root, "rev-parse", "HEAD", check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def is_git_repo(root: Path) -> bool:
+    return _git(root, "rev-parse", "--show-toplevel", check=False).returncode == 0
+
+
+class DvcStore:
+    """The DVC side of versioning: init, add, push, and reading content back by hash or git tag."""
+
+    def __init__(self, root: Path, remote: str | None = None):
+        self.root = root
+        self.remote = remote
+
+    def _repo(self) -> Any:
+        from dvc.repo import Repo
+        from dvc.ui import ui
+
+        ui._enabled = False  # DVC's "to track the changes with git, run: ..." hints are not for flow logs
+        return Repo(str(self.root))
+
+    def ensure(self) -> None:
+        """`dvc init` (without git when the project is not a git repo) and a default remote if none."""
+        from dvc.repo import Repo
+
+        if not (self.root / ".dvc").is_dir():
+            Repo.init(str(self.root), no_scm=not is_git_repo(self.root))
+        repo = self._repo()
+        with repo.config.edit() as conf:
+            if self.remote and not conf["core"].get("remote"):
+                url = self.remote
+                if "://" not in url:  # a folder: DVC stores it relative to .dvc/config itself
+                    url = str((self.root / url).resolve())
+                conf["remote"]["storage"] = {"url": url}
+                conf["core"]["remote"] = "storage"
+        repo.close()
+
+    def add(self, path: Path, push: bool = True) -> str:
+        """Track `path` with DVC and return its md5; push it to the default remote when asked."""
+        repo = self._repo()
+        try:
+            repo.add(str(path))
+            dvc_file = path.with_name(path.name + ".dvc")
+            if push and repo.config["core"].get("remote"):
+                repo.push(targets=[str(dvc_file)])
+        finally:
+            repo.close()
+        return md5_of_dvc_file(dvc_file)
+
+    def cache_path(self, md5: str) -> Path:
+        return self.root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+
+    def read_md5(self, md5: str) -> bytes:
+        """Content by hash: the local cache, else fetched from the remote through a stub .dvc file."""
+        cached = self.cache_path(md5)
+        if not cached.exists():
+            stub_dir = Path(tempfile.mkdtemp(prefix=".potstill-fetch-", dir=self.root))
+            try:
+                stub = stub_dir / "entry.dvc"
+                stub.write_text(yaml.safe_dump({"outs": [{"md5": md5, "path": "entry", "hash": "md5"}]}))
+                repo = self._repo()
+                try:
+                    repo.fetch(targets=[str(stub)])
+                finally:
+                    repo.close()
+            finally:
+                for f in stub_dir.glob("*"):
+                    f.unlink()
+                stub_dir.rmdir()
+        if not cached.exists():
+            raise VersionError(f"content {md5} is neither in the local DVC cache nor on the remote")
+        return cached.read_bytes()
+
+    def read_at_tag(self, rel_path: str, tag: str) -> bytes:
+        import dvc.api
+
+        return dvc.api.read(rel_path, repo=str(self.root), rev=tag, mode="rb")
+
+    def commit_and_tag(self, files: list[Path], message: str, tag: str) -> str:
+        _git(self.root, "add", "--", *[str(f) for f in files])
+        _git(self.root, "commit", "-q", "-m", message, "--", *[str(f) for f in files])
+        _git(self.root, "tag", tag)
+        return str(git_commit_of(self.root))
+
+
+def md5_of_dvc_file(dvc_file: Path) -> str:
+    data = yaml.safe_load(dvc_file.read_text())
+    return str(data["outs"][0]["md5"])

@@ -1,0 +1,125 @@
+"""Versioned catalog entries against a real temporary git + DVC repo with a local remote."""
+
+import shutil
+import subprocess
+
+import pytest
+
+from potstill.catalog import Catalog
+from potstill.cli import main
+from potstill.config import CatalogConfig
+from potstill.rowdiff import diff_rows
+from potstill.versioning import VersionError
+
+V1 = [{"id": "a", "text": "good", "label": "positive"}, {"id": "b", "text": "bad", "label": "negative"}]
+V2 = [{"id": "a", "text": "good", "label": "negative"}, {"id": "c", "text": "new", "label": "positive"}]
+
+
+@pytest.fixture
+def git_project(project, monkeypatch):
+    for key, value in {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@e",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@e",
+    }.items():
+        monkeypatch.setenv(key, value)
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "commit", "-qm", "init"], cwd=project, check=True)
+    return project
+
+
+def clear_cache(root):
+    shutil.rmtree(root / ".dvc" / "cache", ignore_errors=True)
+
+
+def test_versions_are_added_pushed_and_read_back_from_the_remote(git_project):
+    cat = Catalog.from_file(git_project / "catalog/catalog.yaml", CatalogConfig())
+    s1 = cat.save("train_set", V1, run_id="run-1")
+    assert (s1.version, s1.rows) == ("v1", 2)
+    assert (git_project / "catalog/data/runs/train_set.jsonl.dvc").exists()
+    assert cat.save("train_set", V1).version == "v1"  # same content: no new version
+    s2 = cat.save("train_set", V2, run_id="run-2")
+    assert s2.version == "v2" and s2.md5 != s1.md5
+    assert [(r.name, r.run_id, r.rows) for r in cat.versions.records("train_set")] == [
+        ("v1", "run-1", 2),
+        ("v2", "run-2", 2),
+    ]
+    assert any((git_project / ".dvc-storage").rglob("*")), "pushed to the local remote"
+    clear_cache(git_project)
+    assert cat.load("train_set", version="v1") == V1  # fetched from the remote by content hash
+    assert cat.load("train_set") == V2
+    with pytest.raises(VersionError, match=r"train_set@v9 does not exist; versions: \['v1', 'v2'\]"):
+        cat.load("train_set", version="v9")
+
+
+def test_checkout_restores_without_a_new_version_and_diff_counts_changes(git_project):
+    cat = Catalog.from_file(git_project / "catalog/catalog.yaml")
+    cat.save("train_set", V1)
+    cat.save("train_set", V2)
+    clear_cache(git_project)
+    record = cat.checkout("train_set", "v1")
+    assert record.name == "v1" and cat.load("train_set") == V1
+    assert cat.current_version("train_set").name == "v1"
+    assert len(cat.versions.records("train_set")) == 2
+    d = diff_rows(cat.load("train_set", "v1"), cat.load("train_set", "v2"))
+    assert d.added == ["c"] and d.removed == ["b"] and d.relabeled == [("a", "positive", "negative")]
+
+
+def test_commit_mode_tags_each_version_and_reads_through_dvc_api(git_project):
+    cat = Catalog.from_file(git_project / "catalog/catalog.yaml", CatalogConfig(commit=True))
+    cat.save("review_queue", V1)
+    cat.save("review_queue", V2)
+    tags = subprocess.run(["git", "tag"], cwd=git_project, capture_output=True, text=True).stdout.split()
+    assert tags == ["review_queue@v1", "review_queue@v2"]
+    log = subprocess.run(
+        ["git", "log", "--format=%s"], cwd=git_project, capture_output=True, text=True
+    ).stdout
+    assert "catalog: review_queue v2" in log
+    clear_cache(git_project)
+    (git_project / "catalog/data/runs/review_queue.jsonl").unlink()
+    assert cat.load("review_queue", version="v1") == V1  # dvc.api.read at the tag, from the remote
+
+
+def test_prompt_templates_are_versioned_by_content(project):
+    cat = Catalog.from_file(project / "catalog/catalog.yaml")
+    first = cat.prompt_version("student_prompt", run_id="r1")
+    assert first.name == "v1" and cat.prompt_version("student_prompt").name == "v1"
+    path = project / "catalog/prompts/student_polarity.txt"
+    old = path.read_text()
+    path.write_text("Text: {text}\nLabel:")
+    assert cat.prompt_version("student_prompt").name == "v2"
+    assert cat.prompt_at("student_prompt", "v1").text == old
+
+
+def test_works_without_git_too(project):
+    cat = Catalog.from_file(project / "catalog/catalog.yaml")
+    assert cat.save("teacher_labels", V1).version == "v1"
+    clear_cache(project)
+    (project / "catalog/data/runs/teacher_labels.jsonl").unlink()
+    assert cat.load("teacher_labels", "v1") == V1
+
+
+def test_catalog_cli(git_project, capsys):
+    cat = Catalog.from_file(git_project / "catalog/catalog.yaml")
+    cat.save("train_set", V1, run_id="run-1")
+    cat.save("train_set", V2, run_id="run-2")
+    args = ["--project", str(git_project), "catalog"]
+    assert main([*args, "list"]) == 0
+    out = capsys.readouterr().out
+    assert "train_set" in out and "v2" in out and "training_set" in out
+    assert main([*args, "log", "train_set"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("v1 ") and "run run-1" in out[0] and "run run-2" in out[1]
+    assert main([*args, "show", "train_set@v1"]) == 0
+    out = capsys.readouterr().out
+    assert "train_set@v1: 2 rows" in out and "label: str" in out and '"id": "b"' in out
+    assert main([*args, "diff", "train_set@v1", "train_set@v2"]) == 0
+    out = capsys.readouterr().out
+    assert "1 added, 1 removed, 1 relabeled" in out and "~ a: positive -> negative" in out
+    assert main([*args, "checkout", "train_set@v1"]) == 0
+    assert "restored train_set@v1" in capsys.readouterr().out
+    assert cat.load("train_set") == V1
+    assert main([*args, "checkout", "train_set"]) == 2
+    assert "needs ENTRY@vN" in capsys.readouterr().err
