@@ -2,6 +2,7 @@ import pytest
 
 from potstill.catalog import Catalog, CatalogError
 from potstill.prompts import PromptError, PromptTemplate
+from potstill.versioning import VersionError
 
 
 def test_template_split_render_and_digest():
@@ -38,7 +39,7 @@ def test_catalog_errors_are_readable(project):
         cat.load("nope")
     with pytest.raises(CatalogError, match="has no data yet"):
         cat.load("review_queue")
-    with pytest.raises(CatalogError, match="versioned reads"):
+    with pytest.raises(VersionError, match=r"train_set@v3 does not exist; versions: none yet"):
         cat.load("train_set", version="v3")
     (project / "catalog/data/runs").mkdir(parents=True)
     (project / "catalog/data/runs/train_set.jsonl").write_text('{"id": "a"}\n{broken\n')
