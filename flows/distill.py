@@ -17,6 +17,7 @@ from potstill.catalog import Catalog
 from potstill.config import config_hash, flatten, to_yaml, validate
 from potstill.env import find_project_root
 from potstill.models import default_cache_dir
+from potstill.validation import ValidationLimits, from_read_result
 from potstill.versioning import git_commit_of
 from tasks.evaluate import evaluate, predict_gold
 from tasks.label import label_with_teacher
@@ -25,6 +26,7 @@ from tasks.register import register_student
 from tasks.route import route_labels
 from tasks.tracking import configure, experiment_id, tracking_uri
 from tasks.train import build_student, train_student
+from tasks.validate import validate_dataset
 
 
 @flow(name="distill")
@@ -56,15 +58,48 @@ def distill(params: dict[str, Any] | None = None, project: str | None = None) ->
     client.log_text(run_id, teacher_prompt.text, f"prompts/{teacher_prompt.name}.txt")
     workdir = default_cache_dir() / "runs" / run_id
     try:
-        inputs = load_data(catalog, cfg.data, run_id)
-        labeled = label_with_teacher(inputs.prompts, cfg.teacher, teacher_prompt, inputs.labels, "prompts")
-        teacher_gold = label_with_teacher(inputs.gold, cfg.teacher, teacher_prompt, inputs.labels, "gold")
-        routed = route_labels(catalog, labeled["rows"], cfg.route, run_id)
+        limits = ValidationLimits(cfg.validation.max_text_chars, cfg.validation.max_parse_failure_rate)
+        keep = cfg.validation.min_valid_fraction
+        inputs = load_data(catalog, cfg.data, run_id, [teacher_prompt, student_prompt])
+        prompts = validate_dataset(
+            catalog,
+            cfg.data.prompts,
+            inputs.prompts.rows,
+            run_id,
+            limits,
+            keep,
+            inputs.prompts.row_numbers,
+            from_read_result(inputs.prompts),
+        )
+        gold = validate_dataset(
+            catalog,
+            cfg.data.gold,
+            inputs.gold.rows,
+            run_id,
+            limits,
+            keep,
+            inputs.gold.row_numbers,
+            from_read_result(inputs.gold),
+        )
+        labeled = label_with_teacher(prompts.rows, cfg.teacher, teacher_prompt, inputs.labels, "prompts")
+        teacher_gold = label_with_teacher(gold.rows, cfg.teacher, teacher_prompt, inputs.labels, "gold")
+        checked = validate_dataset(catalog, "teacher_labels", labeled["rows"], run_id, limits, keep)
+        routed = route_labels(catalog, checked.rows, cfg.route, run_id)
+        train_set = validate_dataset(
+            catalog,
+            "train_set",
+            routed["train_rows"],
+            run_id,
+            limits,
+            keep,
+            eval_rows=gold.rows,
+            eval_name=cfg.data.gold,
+        )
         base = build_student(cfg, student_prompt, inputs.labels, workdir)
-        base_eval = predict_gold(base, inputs.gold, cfg.student.eval_batch_size, "student (untrained)")
-        trained = train_student(base, routed["train_rows"], cfg, workdir, run_id)
-        student_eval = predict_gold(trained["folder"], inputs.gold, cfg.student.eval_batch_size, "student")
-        metrics = evaluate(inputs.gold, inputs.labels, teacher_gold, base_eval, student_eval, run_id)
+        base_eval = predict_gold(base, gold.rows, cfg.student.eval_batch_size, "student (untrained)")
+        trained = train_student(base, train_set.rows, cfg, workdir, run_id)
+        student_eval = predict_gold(trained["folder"], gold.rows, cfg.student.eval_batch_size, "student")
+        metrics = evaluate(gold.rows, inputs.labels, teacher_gold, base_eval, student_eval, run_id)
         lineage = {
             **{f"data.{n}": v for n, v in inputs.versions.items()},
             **{f"data.{n}": v for n, v in routed["versions"].items()},
@@ -75,7 +110,7 @@ def distill(params: dict[str, Any] | None = None, project: str | None = None) ->
         }
         registered = register_student(
             trained["folder"],
-            inputs.gold,
+            gold.rows,
             cfg.registry.model_name,
             cfg.registry.metric,
             metrics[cfg.registry.metric],
@@ -94,10 +129,11 @@ def distill(params: dict[str, Any] | None = None, project: str | None = None) ->
         "rows_labeled": len(labeled["rows"]),
         "rows_to_review": routed["review_rows"],
         "review_queue": routed["review_path"],
-        "rows_trained_on": len(routed["train_rows"]),
+        "rows_trained_on": len(train_set.rows),
         "train_steps": trained["steps"],
         "train_tokens_per_s": trained["tokens_per_s"],
-        "gold_rows": len(inputs.gold),
+        "gold_rows": len(gold.rows),
+        "validation": [v.summary for v in (prompts, gold, checked, train_set)],
         "metrics": metrics,
         "registered": registered,
     }

@@ -216,7 +216,8 @@ class Catalog:
     def version_workspace(self, name: str, run_id: str | None = None) -> VersionRecord:
         """Version the workspace file as it is (e.g. edited or replaced by hand)."""
         path = self._resolve(name)
-        return self._version(name, path, len(self.load(name)), run_id)
+        rows = sum(1 for line in path.read_bytes().splitlines() if line.strip())
+        return self._version(name, path, rows - (self.dataset(name).format == "csv"), run_id)
 
     def current_version(self, name: str) -> VersionRecord | None:
         """The logged version whose content is in the workspace now (None when unversioned or changed)."""

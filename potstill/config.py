@@ -134,10 +134,23 @@ class CatalogConfig(_Section):
     )
 
 
+class ValidationConfig(_Section):
+    """Great Expectations checks before every step that consumes a dataset."""
+
+    min_valid_fraction: float = Field(
+        0.9, ge=0.0, le=1.0, description="Go on with the valid rows while they are at least this fraction."
+    )
+    max_text_chars: int = Field(4000, ge=1, description="Longer prompt texts are quarantined.")
+    max_parse_failure_rate: float = Field(
+        0.05, ge=0.0, le=1.0, description="Teacher outputs that could not be parsed, at most this fraction."
+    )
+
+
 class RunConfig(_Section):
     """The whole run: `params.yaml`."""
 
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)

@@ -43,6 +43,12 @@ def render(summary: dict[str, Any], console: Console | None = None) -> None:
         f"student trained on [bold]{summary['rows_trained_on']}[/] rows "
         f"({summary['train_steps']} steps, {summary['train_tokens_per_s']:.0f} tokens/s)"
     )
+    for v in summary.get("validation", []):
+        flag = "[green]passed[/]" if v["passed"] else "[yellow]rows quarantined[/]"
+        line = f"validated {v['name']}: {v['valid_rows']} valid, {v['quarantined_rows']} quarantined ({flag})"
+        if v["quarantined_rows"]:
+            line += f" -> {v['quarantine_file']}"
+        console.print(line)
     console.print(metrics_table(m))
     console.print(
         f"agreement teacher/student {m['agreement']:.1%}; majority baseline {m['majority_baseline']:.1%}; "

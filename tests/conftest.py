@@ -86,3 +86,12 @@ def project(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "catalog", tmp_path / "catalog", ignore=shutil.ignore_patterns("data"))
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One real (temporary, SQLite) Prefect API for the whole test session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield

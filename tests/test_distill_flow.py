@@ -10,16 +10,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.distill import distill
 from potstill.catalog import Catalog
-
-
-@pytest.fixture(scope="module")
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
 
 
 def task_states(flow_run_id: str) -> dict[str, list[str]]:
@@ -79,6 +72,17 @@ def test_distill_flow_end_to_end_then_cached_relabel(prefect_api, project: Path,
     resolved_file = client.download_artifacts(run.info.run_id, "config/params.resolved.yaml")
     resolved = yaml.safe_load(Path(resolved_file).read_text())
     assert resolved["teacher"]["model"] == str(tiny_model_dir)
+    for name in ("polarity_prompts", "polarity_gold", "teacher_labels", "train_set"):
+        assert run.data.metrics[f"validation_{name}_passed"] == 1.0, name
+        assert run.data.metrics[f"validation_{name}_quarantined_rows"] == 0.0, name
+    assert [v["name"] for v in first["validation"]] == [
+        "polarity_prompts",
+        "polarity_gold",
+        "teacher_labels",
+        "train_set",
+    ]
+    docs = {a.path for a in client.list_artifacts(run.info.run_id, "validation")}
+    assert "validation/train_set.json" in docs and "validation/polarity_prompts_docs" in docs
     history = client.get_metric_history(run.info.run_id, "train_tokens_per_s")
     assert history and all(m.value > 0 for m in history)
 
