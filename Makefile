@@ -39,6 +39,7 @@ $(STAMP): pyproject.toml Makefile
 setup: $(STAMP)  ## create or refresh .venv with everything installed
 
 demo: $(STAMP)  ## label, route, distill, evaluate and register on the embedded defaults (~10 min on 2 cores)
+	$(BIN)/potstill init
 	$(BIN)/potstill run
 
 test: $(STAMP)  ## lint, then every test (CPU only)

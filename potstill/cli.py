@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "-o", "--override", action="append", default=[], metavar="KEY=VALUE", help=OVERRIDE_HELP
         )
+    sub.add_parser(
+        "init",
+        help="make the project a DVC repo with the configured remote (catalog.remote in params.yaml)",
+        description="dvc init (without git when the project is not a git repo) and a default DVC remote.",
+    )
     cat = sub.add_parser(
         "catalog",
         help="list, inspect, restore and compare versions of catalog entries",
@@ -80,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     root = apply_defaults(args.project.resolve() if args.project else find_project_root())
+    if args.command == "init":
+        catalog = _catalog(root)
+        catalog.store.ensure()
+        print(f"DVC repo at {root}; default remote: {_default_remote(root)}")
+        return 0
     if args.command in ("catalog", "lineage"):
         try:
             return _catalog_command(args, root) if args.command == "catalog" else _lineage(args, root)
@@ -111,6 +121,17 @@ def _catalog(root: Path) -> Catalog:
     params = root / "params.yaml"
     settings = load_config(params if params.exists() else None).catalog
     return Catalog.from_file(root / "catalog" / "catalog.yaml", settings)
+
+
+def _default_remote(root: Path) -> str:
+    from dvc.repo import Repo
+
+    from potstill.versioning import quiet_dvc
+
+    quiet_dvc()
+    with Repo(str(root)) as repo:
+        name = repo.config["core"].get("remote")
+        return f"{name} -> {repo.config['remote'][name]['url']}" if name else "none"
 
 
 def _catalog_command(args: argparse.Namespace, root: Path) -> int:
@@ -155,7 +176,15 @@ def _catalog_command(args: argparse.Namespace, root: Path) -> int:
         for r in rows[: args.rows]:
             print("  " + json.dumps(r, ensure_ascii=False)[:300])
         report = root / "catalog" / "data" / "validation" / f"{name}.json"
-        print(f"last validation: {report.read_text()[:400] if report.exists() else 'none recorded'}")
+        if report.exists():
+            v = json.loads(report.read_text())
+            verdict = "passed" if v["passed"] else f"failed checks {v['failed_checks']}"
+            print(
+                f"last validation (run {v.get('run_id')}): {verdict}; {v['valid_rows']} valid, "
+                f"{v['quarantined_rows']} quarantined -> {v['quarantine_file']}"
+            )
+        else:
+            print("last validation: none recorded")
         return 0
     if cmd == "checkout":
         name, version = split_ref(args.ref)

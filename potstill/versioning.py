@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
@@ -113,6 +114,19 @@ def is_git_repo(root: Path) -> bool:
     return _git(root, "rev-parse", "--show-toplevel", check=False).returncode == 0
 
 
+def quiet_dvc() -> None:
+    """`import dvc` binds its own handlers to the sys.stdout of that moment; as a library inside flows we
+    want DVC's warnings through normal logging instead, and no stale stream."""
+    import dvc  # noqa: F401  (runs dvc.logger.setup)
+
+    for name in ("dvc", "dvc_objects", "dvc_data"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = True
+
+
 class DvcStore:
     """The DVC side of versioning: init, add, push, and reading content back by hash or git tag."""
 
@@ -121,6 +135,7 @@ class DvcStore:
         self.remote = remote
 
     def _repo(self) -> Any:
+        quiet_dvc()
         from dvc.repo import Repo
         from dvc.ui import ui
 
@@ -129,6 +144,7 @@ class DvcStore:
 
     def ensure(self) -> None:
         """`dvc init` (without git when the project is not a git repo) and a default remote if none."""
+        quiet_dvc()
         from dvc.repo import Repo
 
         if not (self.root / ".dvc").is_dir():
@@ -180,6 +196,7 @@ class DvcStore:
         return cached.read_bytes()
 
     def read_at_tag(self, rel_path: str, tag: str) -> bytes:
+        quiet_dvc()
         import dvc.api
 
         return dvc.api.read(rel_path, repo=str(self.root), rev=tag, mode="rb")

@@ -7,6 +7,7 @@ behind exactly what a person needs to see why.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -104,6 +105,9 @@ def validate_dataset(
         "quarantine_file": str(quarantine),
         "data_docs": f"{docs}/index.html" if docs else None,
     }
+    last = catalog.root / "catalog" / "data" / "validation" / f"{name}.json"  # for `potstill catalog show`
+    last.parent.mkdir(parents=True, exist_ok=True)
+    last.write_text(json.dumps({**summary, "run_id": run_id}, indent=2))
     if not decision.proceed:
         logger.error("validation of %s stopped the run:\n%s", name, "\n".join(decision.reasons))
         raise DataValidationError("\n".join(decision.reasons))

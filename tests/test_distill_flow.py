@@ -25,7 +25,9 @@ def task_states(flow_run_id: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.slow
-def test_distill_flow_end_to_end_then_cached_relabel(prefect_api, project: Path, tiny_model_dir: Path):
+def test_distill_flow_end_to_end_then_cached_relabel(
+    prefect_api, project: Path, tiny_model_dir: Path, capsys
+):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["teacher"]["model"] = str(tiny_model_dir)
     params["data"].update(max_prompts=64, max_eval_rows=32)
@@ -111,6 +113,12 @@ def test_distill_flow_end_to_end_then_cached_relabel(prefect_api, project: Path,
         "potstill catalog checkout train_set@v1" in text
         and "potstill catalog show prompt.teacher_prompt@v1" in text
     )
+
+    from potstill.cli import main
+
+    assert main(["--project", str(project), "catalog", "show", "train_set"]) == 0
+    shown = capsys.readouterr().out
+    assert f"last validation (run {first['run_id']}): passed" in shown and "label: str" in shown
 
     # Re-running with the same inputs and config reuses the finished labeling (Prefect cache).
     second = distill(params=params, project=str(project))

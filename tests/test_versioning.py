@@ -123,3 +123,11 @@ def test_catalog_cli(git_project, capsys):
     assert cat.load("train_set") == V1
     assert main([*args, "checkout", "train_set"]) == 2
     assert "needs ENTRY@vN" in capsys.readouterr().err
+
+
+def test_init_makes_a_dvc_repo_with_the_local_remote(project, capsys):
+    assert main(["--project", str(project), "init"]) == 0
+    out = capsys.readouterr().out
+    assert (project / ".dvc" / "config").exists()
+    assert "default remote: storage ->" in out and ".dvc-storage" in out
+    assert main(["--project", str(project), "init"]) == 0  # idempotent
