@@ -17,17 +17,22 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+# What the user exported, read before anything here calls `mlflow.set_tracking_uri`, which writes the
+# same environment variable (so a second project in one process would otherwise inherit the first's).
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+_USER_REGISTRY_URI = os.environ.get("MLFLOW_REGISTRY_URI")
+
 
 def tracking_uri(root: Path) -> str:
-    """`MLFLOW_TRACKING_URI` if set, else a SQLite store inside the project (four slashes: absolute)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlruns' / 'mlflow.db').resolve()}"
+    """`MLFLOW_TRACKING_URI` if the user set it, else a SQLite store in the project (`sqlite:////abs`)."""
+    return _USER_TRACKING_URI or f"sqlite:///{(root / 'mlruns' / 'mlflow.db').resolve()}"
 
 
 def configure(root: Path) -> MlflowClient:
     (root / "mlruns").mkdir(exist_ok=True)
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    mlflow.set_registry_uri(_USER_REGISTRY_URI or uri)
     return MlflowClient()
 
 
@@ -35,9 +40,7 @@ def experiment_id(client: MlflowClient, name: str, root: Path) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = None
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        location = (root / "mlruns" / "artifacts").resolve().as_uri()
+    location = None if _USER_TRACKING_URI else (root / "mlruns" / "artifacts").resolve().as_uri()
     return client.create_experiment(name, artifact_location=location)
 
 

@@ -54,6 +54,9 @@ def test_distill_flow_end_to_end_then_cached_relabel(
     # MLflow: one parent run with config, inputs, the metrics by their exact names, plot, model.
     client = MlflowClient()
     run = client.get_run(first["run_id"])
+    assert first["tracking_uri"] == f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.artifact_location == (project / "mlruns" / "artifacts").as_uri()
     assert run.info.status == "FINISHED"
     for name in (
         "teacher_accuracy",

@@ -57,6 +57,7 @@ def test_bad_rows_are_quarantined_and_the_run_goes_on(prefect_api, project, tiny
     assert by_row[3]["failures"][0]["expectation"] == "read"
     assert any(f["column"] == "text" for f in by_row[4]["failures"])
     assert v["quarantined_rows"] == len(quarantine)
+    assert summary["tracking_uri"] == f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"  # this project's store
     run = MlflowClient().get_run(summary["run_id"])
     assert run.data.metrics["validation_polarity_prompts_quarantined_rows"] == len(quarantine)
     assert run.data.metrics["validation_polarity_prompts_passed"] == 0.0
