@@ -6,7 +6,6 @@ metrics, plots and the registered student. `python -m flows.distill` and `potsti
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from prefect import flow, runtime
 from potstill.catalog import Catalog
 from potstill.config import config_hash, flatten, to_yaml, validate
 from potstill.env import find_project_root
-from potstill.models import default_cache_dir
 from potstill.validation import ValidationLimits, from_read_result
 from potstill.versioning import git_commit_of
 from tasks.evaluate import evaluate, predict_gold
@@ -24,6 +22,7 @@ from tasks.label import label_with_teacher
 from tasks.load_data import load_data
 from tasks.register import register_student
 from tasks.route import route_labels
+from tasks.store import store_entry
 from tasks.tracking import configure, experiment_id, tracking_uri
 from tasks.train import build_student, train_student
 from tasks.validate import validate_dataset
@@ -56,7 +55,6 @@ def distill(params: dict[str, Any] | None = None, project: str | None = None) ->
     client.log_batch(run_id, params=[_param(k, v) for k, v in flatten(cfg).items()])
     client.log_text(run_id, to_yaml(cfg), "config/params.resolved.yaml")
     client.log_text(run_id, teacher_prompt.text, f"prompts/{teacher_prompt.name}.txt")
-    workdir = default_cache_dir() / "runs" / run_id
     try:
         limits = ValidationLimits(cfg.validation.max_text_chars, cfg.validation.max_parse_failure_rate)
         keep = cfg.validation.min_valid_fraction
@@ -95,14 +93,19 @@ def distill(params: dict[str, Any] | None = None, project: str | None = None) ->
             eval_rows=gold.rows,
             eval_name=cfg.data.gold,
         )
-        base = build_student(cfg, student_prompt, inputs.labels, workdir)
+        stored = {
+            "teacher_gold_labels": store_entry(catalog, "teacher_gold_labels", teacher_gold["rows"], run_id)
+        }
+        base = build_student(cfg, student_prompt, inputs.labels, catalog.path("student_base"))
         base_eval = predict_gold(base, gold.rows, cfg.student.eval_batch_size, "student (untrained)")
-        trained = train_student(base, train_set.rows, cfg, workdir, run_id)
+        trained = train_student(base, train_set.rows, cfg, catalog.path("student"), run_id)
         student_eval = predict_gold(trained["folder"], gold.rows, cfg.student.eval_batch_size, "student")
         metrics = evaluate(gold.rows, inputs.labels, teacher_gold, base_eval, student_eval, run_id)
+        stored["eval_report"] = store_entry(catalog, "eval_report", {"metrics": metrics}, run_id)
         lineage = {
             **{f"data.{n}": v for n, v in inputs.versions.items()},
             **{f"data.{n}": v for n, v in routed["versions"].items()},
+            **{f"data.{n}": v for n, v in stored.items()},
             **{f"prompt.{n}": f"{r.name} md5:{r.md5}" for n, r in prompt_versions.items()},
             "git_commit": git_commit_of(root) or "none",
             "config_hash": config_hash(cfg),
@@ -121,7 +124,6 @@ def distill(params: dict[str, Any] | None = None, project: str | None = None) ->
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
-    shutil.rmtree(workdir, ignore_errors=True)  # the student now lives in MLflow's artifact store
     return {
         "run_id": run_id,
         "experiment_id": run.info.experiment_id,

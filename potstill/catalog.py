@@ -21,10 +21,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from potstill.config import CatalogConfig
+from potstill.pipeline import stage_outputs
 from potstill.prompts import PromptTemplate
 from potstill.versioning import DvcStore, VersionLog, VersionRecord, is_git_repo
 
-Role = Literal["prompts", "gold_eval", "teacher_labels", "training_set", "review_queue", "incoming"]
+Role = Literal[
+    "prompts", "gold_eval", "teacher_labels", "training_set", "review_queue", "incoming", "model", "metrics"
+]
 Kind = Literal["classification", "nli", "multiple_choice", "math", "summarization", "chat"]
 
 
@@ -38,8 +41,8 @@ class DatasetEntry(BaseModel):
 
     name: str
     path: str
-    format: Literal["jsonl", "csv"] = "jsonl"
-    kind: Kind
+    format: Literal["jsonl", "csv", "json", "dir"] = "jsonl"  # json: one document; dir: a model folder
+    kind: Kind | None = None
     role: Role
     labels: list[str] = Field(default_factory=list)
     versioned: bool = False
@@ -135,6 +138,29 @@ class Catalog:
     def exists(self, name: str) -> bool:
         return self._resolve(name).exists()
 
+    def path(self, name: str) -> Path:
+        """Where a `dir` entry (a model folder) lives; datasets are read with `load` instead."""
+        if self.dataset(name).format != "dir":
+            raise CatalogError(f"{name!r} is a {self.dataset(name).format} dataset: use load/save")
+        return self._resolve(name)
+
+    def save_json(self, name: str, obj: Any, run_id: str | None = None) -> Saved:
+        entry, path = self.dataset(name), self._resolve(name)
+        if entry.format != "json":
+            raise CatalogError(f"{name!r} is not a json entry")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        os.replace(tmp, path)
+        record = self._version(name, path, None, run_id) if self.is_versioned(name) else None
+        return Saved(
+            name, path, 1, file_digest(path), record.name if record else None, record.md5 if record else None
+        )
+
+    def load_json(self, name: str, version: str | None = None) -> Any:
+        return json.loads(self.read_bytes(name, version))
+
     def is_versioned(self, name: str) -> bool:
         return self.dataset(name).versioned and self.settings.versioning
 
@@ -150,7 +176,7 @@ class Catalog:
             data = path.read_bytes()
             if md5_bytes(data) == record.md5:
                 return data
-        if record.tag and is_git_repo(self.root):
+        if record.tag and is_git_repo(self.root) and self.dataset(name).path not in stage_outputs(self.root):
             return self.store.read_at_tag(self.dataset(name).path, record.tag)
         return self.store.read_md5(record.md5)
 
@@ -188,10 +214,19 @@ class Catalog:
             self.store.ensure()
             self._store_ready = True
 
-    def _version(self, name: str, path: Path, rows: int, run_id: str | None) -> VersionRecord:
-        """Record a new version when the content is new; saving known content names the known version."""
+    def _track(self, name: str, path: Path, push: bool) -> str:
+        """Put the file's content in the DVC cache (and remote); returns its md5.
+
+        A path that a dvc.yaml stage produces is tracked by dvc.lock under `dvc repro`, and DVC refuses to
+        `dvc add` it as well, so those are stored by content only."""
         self._ensure_store()
-        md5 = self.store.add(path, push=self.settings.push)
+        if self.dataset(name).path in stage_outputs(self.root):
+            return self.store.put(path, push=push)
+        return self.store.add(path, push=push)
+
+    def _version(self, name: str, path: Path, rows: int | None, run_id: str | None) -> VersionRecord:
+        """Record a new version when the content is new; saving known content names the known version."""
+        md5 = self._track(name, path, push=self.settings.push)
         known = self.versions.find_md5(name, md5)
         if known is not None:
             return known
@@ -234,8 +269,7 @@ class Catalog:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         if self.is_versioned(name):
-            self._ensure_store()
-            self.store.add(path, push=False)
+            self._track(name, path, push=False)
         return record
 
     def digest(self, name: str) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from potstill.catalog import Catalog
 from potstill.config import ConfigError, load_config, to_yaml
 from potstill.env import apply_defaults, find_project_root
+from potstill.pipeline import STEPS
 from potstill.rowdiff import diff_rows
 from potstill.versioning import split_ref
 
@@ -35,8 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("run", "run the distill flow: label with the teacher, route, train the student, evaluate, register"),
         ("config", "validate the run config and print it resolved, with every default filled in"),
+        ("step", "run one step of the pipeline on catalog entries (what each dvc.yaml stage calls)"),
     ):
         p = sub.add_parser(name, help=text, description=text)
+        if name == "step":
+            p.add_argument("name", choices=STEPS, help="the step: " + " -> ".join(STEPS))
         p.add_argument(
             "-c",
             "--config",
@@ -105,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(to_yaml(cfg), end="")
         return 0
+    if args.command == "step":
+        from flows.steps import distill_step  # imports Prefect: after apply_defaults
+
+        result = distill_step(args.name, params=cfg.model_dump(mode="json"), project=str(root))
+        print(json.dumps({k: v for k, v in result.items() if k != "metrics"}, default=str))
+        return 0
     from flows.distill import distill  # imports Prefect: after apply_defaults
     from potstill.summary import render
 
@@ -142,8 +152,9 @@ def _catalog_command(args: argparse.Namespace, root: Path) -> int:
         for name, entry in catalog.datasets.items():
             record = catalog.current_version(name) if catalog.exists(name) else None
             version = record.name if record else ("changed" if catalog.exists(name) else "-")
-            rows = len(catalog.load(name)) if catalog.exists(name) else 0
-            print(f"{name:<22}{entry.kind:<16}{entry.role:<16}{version:<10}{rows:>7}")
+            tabular = entry.format in ("jsonl", "csv")
+            rows = str(len(catalog.load(name))) if tabular and catalog.exists(name) else "-"
+            print(f"{name:<22}{entry.kind or entry.format:<16}{entry.role:<16}{version:<10}{rows:>7}")
         for name in catalog.prompts:
             latest = catalog.versions.latest(f"prompt.{name}")
             print(f"{'prompt.' + name:<22}{'prompt':<16}{'-':<16}{latest.name if latest else '-':<10}{'':>7}")

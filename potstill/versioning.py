@@ -11,10 +11,14 @@ text, so a run can name, and a user can get back, the exact prompt version it us
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
+import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -171,6 +175,40 @@ class DvcStore:
             repo.close()
         return md5_of_dvc_file(dvc_file)
 
+    def put(self, path: Path, push: bool = True) -> str:
+        """Store a file in the DVC cache by content (no .dvc file) and push it; returns its md5.
+
+        For paths a dvc.yaml stage owns: DVC forbids `dvc add` there, yet every version must still be
+        loadable by hash from the cache or the remote."""
+        data = path.read_bytes()
+        md5 = hashlib.md5(data).hexdigest()
+        cached = self.cache_path(md5)
+        if not cached.exists():
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(cached.name + ".tmp")
+            tmp.write_bytes(data)
+            tmp.rename(cached)
+        if push:
+            with self._stub(md5) as stub:
+                repo = self._repo()
+                try:
+                    if repo.config["core"].get("remote"):
+                        repo.push(targets=[str(stub)])
+                finally:
+                    repo.close()
+        return md5
+
+    @contextmanager
+    def _stub(self, md5: str) -> Iterator[Path]:
+        """A throwaway .dvc file naming one object, so DVC's push/fetch can move it by hash."""
+        stub_dir = Path(tempfile.mkdtemp(prefix=".potstill-fetch-", dir=self.root))
+        try:
+            stub = stub_dir / "entry.dvc"
+            stub.write_text(yaml.safe_dump({"outs": [{"md5": md5, "path": "entry", "hash": "md5"}]}))
+            yield stub
+        finally:
+            shutil.rmtree(stub_dir, ignore_errors=True)
+
     def cache_path(self, md5: str) -> Path:
         return self.root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
 
@@ -178,19 +216,12 @@ class DvcStore:
         """Content by hash: the local cache, else fetched from the remote through a stub .dvc file."""
         cached = self.cache_path(md5)
         if not cached.exists():
-            stub_dir = Path(tempfile.mkdtemp(prefix=".potstill-fetch-", dir=self.root))
-            try:
-                stub = stub_dir / "entry.dvc"
-                stub.write_text(yaml.safe_dump({"outs": [{"md5": md5, "path": "entry", "hash": "md5"}]}))
+            with self._stub(md5) as stub:
                 repo = self._repo()
                 try:
                     repo.fetch(targets=[str(stub)])
                 finally:
                     repo.close()
-            finally:
-                for f in stub_dir.glob("*"):
-                    f.unlink()
-                stub_dir.rmdir()
         if not cached.exists():
             raise VersionError(f"content {md5} is neither in the local DVC cache nor on the remote")
         return cached.read_bytes()

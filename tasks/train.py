@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from potstill.classifier import Classifier
 from potstill.config import RunConfig
-from potstill.models import load_model
+from potstill.models import default_cache_dir, load_model
 from potstill.prompts import PromptTemplate
 from potstill.student import prune_layers
 from potstill.train import train_student as distill_responses
@@ -19,7 +20,7 @@ from tasks.tracking import log_metrics
 
 
 @task(name="build_student", cache_policy=NO_CACHE)
-def build_student(cfg: RunConfig, prompt: PromptTemplate, labels: list[str], workdir: Path) -> Path:
+def build_student(cfg: RunConfig, prompt: PromptTemplate, labels: list[str], folder: Path) -> Path:
     """Save the untrained student (with its prompt) so it can be evaluated and trained from one place."""
     if cfg.student.model == "pruned-teacher":
         teacher, tokenizer = load_model(cfg.teacher.model)
@@ -30,12 +31,13 @@ def build_student(cfg: RunConfig, prompt: PromptTemplate, labels: list[str], wor
         )
     else:
         model, tokenizer = load_model(cfg.student.model)
-    return Classifier(model, tokenizer, prompt, labels).save(workdir / "student_base")
+    shutil.rmtree(folder, ignore_errors=True)
+    return Classifier(model, tokenizer, prompt, labels).save(folder)
 
 
 @task(name="train_student", cache_policy=NO_CACHE)
 def train_student(
-    base: Path, train_rows: list[dict[str, Any]], cfg: RunConfig, workdir: Path, run_id: str
+    base: Path, train_rows: list[dict[str, Any]], cfg: RunConfig, folder: Path, run_id: str
 ) -> dict[str, Any]:
     torch.manual_seed(cfg.data.seed)
     student = Classifier.load(base)
@@ -55,11 +57,13 @@ def train_student(
         train_rows,
         student.prompt,
         cfg.student,
-        workdir / "trainer",
+        default_cache_dir() / "trainer" / run_id,
         seed=cfg.data.seed,
         on_log=on_log,
     )
-    folder = student.save(workdir / "student")
+    shutil.rmtree(folder, ignore_errors=True)
+    student.save(folder)
+    shutil.rmtree(default_cache_dir() / "trainer" / run_id, ignore_errors=True)
     log_metrics(
         run_id,
         {

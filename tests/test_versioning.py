@@ -2,6 +2,7 @@
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ from potstill.config import CatalogConfig
 from potstill.rowdiff import diff_rows
 from potstill.versioning import VersionError
 
+_ROOT = Path(__file__).resolve().parents[1]
 V1 = [{"id": "a", "text": "good", "label": "positive"}, {"id": "b", "text": "bad", "label": "negative"}]
 V2 = [{"id": "a", "text": "good", "label": "negative"}, {"id": "c", "text": "new", "label": "positive"}]
 
@@ -131,3 +133,18 @@ def test_init_makes_a_dvc_repo_with_the_local_remote(project, capsys):
     assert (project / ".dvc" / "config").exists()
     assert "default remote: storage ->" in out and ".dvc-storage" in out
     assert main(["--project", str(project), "init"]) == 0  # idempotent
+
+
+def test_stage_outputs_are_versioned_by_content_and_restored_from_the_remote(git_project):
+    """With the repository's dvc.yaml, entries are stage outputs: no `.dvc` file (DVC refuses `dvc add`
+    of a stage out), yet every version is pushed by content and comes back from the remote."""
+    shutil.copy(_ROOT / "dvc.yaml", git_project / "dvc.yaml")
+    cat = Catalog.from_file(git_project / "catalog/catalog.yaml", CatalogConfig(commit=True))
+    assert cat.save("train_set", V1).version == "v1"
+    assert cat.save("train_set", V2).version == "v2"
+    assert not (git_project / "catalog/data/runs/train_set.jsonl.dvc").exists()
+    clear_cache(git_project)
+    assert cat.load("train_set", "v1") == V1  # by md5 from the remote, not at the git tag
+    clear_cache(git_project)
+    assert cat.checkout("train_set", "v1").name == "v1" and cat.load("train_set") == V1
+    assert cat.current_version("train_set").name == "v1"
