@@ -14,11 +14,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -189,39 +185,35 @@ class DvcStore:
             tmp.write_bytes(data)
             tmp.rename(cached)
         if push:
-            with self._stub(md5) as stub:
-                repo = self._repo()
-                try:
-                    if repo.config["core"].get("remote"):
-                        repo.push(targets=[str(stub)])
-                finally:
-                    repo.close()
+            self._transfer(md5, "push")
         return md5
 
-    @contextmanager
-    def _stub(self, md5: str) -> Iterator[Path]:
-        """A throwaway .dvc file naming one object, so DVC's push/fetch can move it by hash."""
-        stub_dir = Path(tempfile.mkdtemp(prefix=".potstill-fetch-", dir=self.root))
+    def _transfer(self, md5: str, direction: str) -> None:
+        """Move one object by hash between the local cache and the default remote (DVC's own transfer),
+        with no .dvc file: the object may belong to a stage output or to no file at all."""
+        from dvc_data.hashfile.hash_info import HashInfo
+
+        repo = self._repo()
         try:
-            stub = stub_dir / "entry.dvc"
-            stub.write_text(yaml.safe_dump({"outs": [{"md5": md5, "path": "entry", "hash": "md5"}]}))
-            yield stub
+            if not repo.config["core"].get("remote"):
+                if direction == "pull":
+                    raise VersionError(f"content {md5} is not in the local DVC cache and there is no remote")
+                return
+            objs = [HashInfo("md5", md5)]
+            result = repo.cloud.push(objs) if direction == "push" else repo.cloud.pull(objs)
+            if result.failed:
+                raise VersionError(f"dvc {direction} of {md5} failed")
         finally:
-            shutil.rmtree(stub_dir, ignore_errors=True)
+            repo.close()
 
     def cache_path(self, md5: str) -> Path:
         return self.root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
 
     def read_md5(self, md5: str) -> bytes:
-        """Content by hash: the local cache, else fetched from the remote through a stub .dvc file."""
+        """Content by hash: the local cache, else pulled from the remote into the cache first."""
         cached = self.cache_path(md5)
         if not cached.exists():
-            with self._stub(md5) as stub:
-                repo = self._repo()
-                try:
-                    repo.fetch(targets=[str(stub)])
-                finally:
-                    repo.close()
+            self._transfer(md5, "pull")
         if not cached.exists():
             raise VersionError(f"content {md5} is neither in the local DVC cache nor on the remote")
         return cached.read_bytes()

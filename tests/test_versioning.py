@@ -139,6 +139,7 @@ def test_stage_outputs_are_versioned_by_content_and_restored_from_the_remote(git
     """With the repository's dvc.yaml, entries are stage outputs: no `.dvc` file (DVC refuses `dvc add`
     of a stage out), yet every version is pushed by content and comes back from the remote."""
     shutil.copy(_ROOT / "dvc.yaml", git_project / "dvc.yaml")
+    shutil.copy(_ROOT / ".gitignore", git_project / ".gitignore")  # DVC refuses .dvc files in ignored paths
     cat = Catalog.from_file(git_project / "catalog/catalog.yaml", CatalogConfig(commit=True))
     assert cat.save("train_set", V1).version == "v1"
     assert cat.save("train_set", V2).version == "v2"
