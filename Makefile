@@ -20,7 +20,7 @@ export DVC_SITE_CACHE_DIR := $(CURDIR)/.cache/dvc-site
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 MLFLOW_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 
-.PHONY: help setup demo test lint mlflow-ui prefect-ui bench clean
+.PHONY: help setup demo test lint mlflow-ui prefect-ui review-server bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ mlflow-ui: $(STAMP)  ## MLflow UI on this project's store: http://127.0.0.1:5000
 
 prefect-ui: $(STAMP)  ## Prefect UI on this project's flow runs: http://127.0.0.1:4200
 	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+review-server:  ## Label Studio for human review: http://127.0.0.1:8080 (own venv; export LABEL_STUDIO_PASSWORD, LABEL_STUDIO_API_KEY)
+	bash infra/label-studio/server.sh run
 
 bench: $(STAMP)  ## label-scoring speed benchmark, appends to BENCHMARKS.md
 	$(BIN)/python benchmarks/label_scoring.py

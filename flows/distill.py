@@ -21,6 +21,7 @@ from tasks.evaluate import evaluate, predict_gold
 from tasks.label import label_with_teacher
 from tasks.load_data import load_data
 from tasks.register import register_student
+from tasks.review import review_spec, send_for_review, sync_reviews, wait_for_reviews
 from tasks.route import route_labels
 from tasks.store import store_entry
 from tasks.tracking import configure, experiment_id, tracking_uri
@@ -82,7 +83,19 @@ def distill(params: dict[str, Any] | None = None, project: str | None = None) ->
         labeled = label_with_teacher(prompts.rows, cfg.teacher, teacher_prompt, inputs.labels, "prompts")
         teacher_gold = label_with_teacher(gold.rows, cfg.teacher, teacher_prompt, inputs.labels, "gold")
         checked = validate_dataset(catalog, "teacher_labels", labeled["rows"], run_id, limits, keep)
-        routed = route_labels(catalog, checked.rows, cfg.route, run_id)
+        version = prompt_versions[teacher_prompt.name].name
+        spec = review_spec(
+            catalog, cfg.data.prompts, version, cfg.teacher.model, cfg.review.annotators_per_row
+        )
+        reviews = sync_reviews(catalog, spec, cfg.review, run_id)  # answers given since the last run
+        routed = route_labels(catalog, checked.rows, cfg.route, run_id, reviews["rows"])
+        review = send_for_review(
+            catalog, routed["review_list"], spec, inputs.versions[cfg.data.prompts], run_id
+        )
+        if cfg.review.wait != "none" and review["target"] == "label-studio":
+            wait_for_reviews([str(r["id"]) for r in routed["review_list"]], spec, cfg.review)
+            reviews = sync_reviews(catalog, spec, cfg.review, run_id)
+            routed = route_labels(catalog, checked.rows, cfg.route, run_id, reviews["rows"])
         train_set = validate_dataset(
             catalog,
             "train_set",
@@ -106,20 +119,13 @@ def distill(params: dict[str, Any] | None = None, project: str | None = None) ->
             **{f"data.{n}": v for n, v in inputs.versions.items()},
             **{f"data.{n}": v for n, v in routed["versions"].items()},
             **{f"data.{n}": v for n, v in stored.items()},
+            **({"data.reviewed_labels": reviews["version"]} if reviews["version"] else {}),
             **{f"prompt.{n}": f"{r.name} md5:{r.md5}" for n, r in prompt_versions.items()},
             "git_commit": git_commit_of(root) or "none",
             "config_hash": config_hash(cfg),
             "mlflow_run": run_id,
         }
-        registered = register_student(
-            trained["folder"],
-            gold.rows,
-            cfg.registry.model_name,
-            cfg.registry.metric,
-            metrics[cfg.registry.metric],
-            run_id,
-            lineage,
-        )
+        registered = register_student(trained["folder"], gold.rows, cfg, metrics, run_id, lineage)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
@@ -131,6 +137,13 @@ def distill(params: dict[str, Any] | None = None, project: str | None = None) ->
         "rows_labeled": len(labeled["rows"]),
         "rows_to_review": routed["review_rows"],
         "review_queue": routed["review_path"],
+        "review": {
+            **review,
+            "human_rows": routed["human_rows"],
+            "rejected_rows": routed["rejected_rows"],
+            "stats": reviews["stats"],
+            "reviewed_version": reviews["version"],
+        },
         "rows_trained_on": len(train_set.rows),
         "train_steps": trained["steps"],
         "train_tokens_per_s": trained["tokens_per_s"],

@@ -22,6 +22,7 @@ from tasks.evaluate import evaluate, predict_gold
 from tasks.label import label_with_teacher
 from tasks.load_data import Inputs, load_data
 from tasks.register import register_student
+from tasks.review import load_reviewed, review_spec, send_for_review
 from tasks.route import route_labels
 from tasks.store import store_entry
 from tasks.tracking import configure, experiment_id, log_metrics
@@ -92,8 +93,19 @@ def distill_step(
             checked = validate_dataset(
                 catalog, "teacher_labels", catalog.load("teacher_labels"), run_id, limits, keep
             )
-            routed = route_labels(catalog, checked.rows, cfg.route, run_id)
-            out.update(train_rows=len(routed["train_rows"]), review_rows=routed["review_rows"])
+            routed = route_labels(catalog, checked.rows, cfg.route, run_id, load_reviewed(catalog))
+            version = catalog.prompt_version(cfg.teacher.prompt, run_id).name
+            spec = review_spec(
+                catalog, cfg.data.prompts, version, cfg.teacher.model, cfg.review.annotators_per_row
+            )
+            review = send_for_review(
+                catalog, routed["review_list"], spec, inputs.versions[cfg.data.prompts], run_id
+            )
+            out.update(
+                train_rows=len(routed["train_rows"]),
+                review_rows=routed["review_rows"],
+                review=review["message"],
+            )
         elif step == "train":
             train_set = validate_dataset(
                 catalog, "train_set", catalog.load("train_set"), run_id, limits, keep,
@@ -126,9 +138,8 @@ def distill_step(
             lineage |= {"git_commit": git_commit_of(root) or "none", "config_hash": config_hash(cfg),
                         "mlflow_run": run_id}  # fmt: skip
             out["registered"] = register_student(
-                catalog.path("student"), gold.rows, cfg.registry.model_name, cfg.registry.metric,
-                metrics[cfg.registry.metric], run_id, lineage,
-            )  # fmt: skip
+                catalog.path("student"), gold.rows, cfg, metrics, run_id, lineage
+            )
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise

@@ -26,7 +26,19 @@ from potstill.prompts import PromptTemplate
 from potstill.versioning import DvcStore, VersionLog, VersionRecord, is_git_repo
 
 Role = Literal[
-    "prompts", "gold_eval", "teacher_labels", "training_set", "review_queue", "incoming", "model", "metrics"
+    "prompts",
+    "gold_eval",
+    "teacher_labels",
+    "training_set",
+    "review_queue",
+    "reviewed",
+    "review_outbox",
+    "review_import",
+    "incoming",
+    "predictions",
+    "state",
+    "model",
+    "metrics",
 ]
 Kind = Literal["classification", "nli", "multiple_choice", "math", "summarization", "chat"]
 
@@ -46,6 +58,8 @@ class DatasetEntry(BaseModel):
     role: Role
     labels: list[str] = Field(default_factory=list)
     versioned: bool = False
+    # Written outside the dvc.yaml stages (e.g. by the review sync flow); None: a stage produces it.
+    produced_by: str | None = None
     description: str = ""
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from potstill.catalog import Catalog
-from potstill.config import ConfigError, load_config, to_yaml
+from potstill.config import ConfigError, RunConfig, load_config, to_yaml
 from potstill.env import apply_defaults, find_project_root
 from potstill.pipeline import STEPS
 from potstill.rowdiff import diff_rows
@@ -37,10 +37,30 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", "run the distill flow: label with the teacher, route, train the student, evaluate, register"),
         ("config", "validate the run config and print it resolved, with every default filled in"),
         ("step", "run one step of the pipeline on catalog entries (what each dvc.yaml stage calls)"),
+        ("review", "human review in Label Studio (LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY from the env)"),
+        ("predict", "predict an incoming batch with a registered model; write a new predictions version"),
     ):
         p = sub.add_parser(name, help=text, description=text)
         if name == "step":
             p.add_argument("name", choices=STEPS, help="the step: " + " -> ".join(STEPS))
+        if name == "predict":
+            p.add_argument(
+                "--alias",
+                default=None,
+                help="registry alias of the model that predicts (default: monitor.alias, i.e. champion)",
+            )
+            p.add_argument(
+                "--batch",
+                default=None,
+                metavar="vN",
+                help="version of the incoming entry to predict (default: the latest batch)",
+            )
+        if name == "review":
+            p.add_argument(
+                "action",
+                choices=["sync"],
+                help="sync: deliver the outbox, pull finished answers, write a new reviewed_labels version",
+            )
         p.add_argument(
             "-c",
             "--config",
@@ -78,6 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", help="ENTRY@vN (or ENTRY for the workspace copy)")
     p.add_argument("b", help="ENTRY@vM (or ENTRY for the workspace copy)")
     p = sub.add_parser(
+        "promote",
+        help="make a registered version champion through the promotion gate, or roll back",
+        description="Judge VERSION with the same promotion gate as a run (promotion.* in params.yaml) "
+        "against the current champion and make it champion when it passes; the old champion keeps "
+        "`previous`. --rollback gives `champion` back to the `previous` version.",
+    )
+    p.add_argument("version", nargs="?", help="registered model version to promote (e.g. 3)")
+    p.add_argument("--force", action="store_true", help="promote even when the gate refuses (recorded)")
+    p.add_argument("--rollback", action="store_true", help="make the `previous` version champion again")
+    p.add_argument("-c", "--config", type=Path, default=None, help="run config YAML (default: params.yaml)")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE", help=OVERRIDE_HELP)
+    p = sub.add_parser(
         "lineage",
         help="which data, prompts, code and config made a registered model",
         description="Print the lineage recorded on a registered model version and how to get each part back.",
@@ -93,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         catalog = _catalog(root)
         catalog.store.ensure()
         print(f"DVC repo at {root}; default remote: {_default_remote(root)}")
+        if "reviewed_labels" in catalog.datasets and not catalog.exists("reviewed_labels"):
+            # dvc.yaml's route stage depends on it; the review sync flow fills it
+            catalog.save("reviewed_labels", [])
+            print("created an empty reviewed_labels (human verdicts arrive with `potstill review sync`)")
         return 0
     if args.command in ("catalog", "lineage"):
         try:
@@ -114,6 +150,51 @@ def main(argv: list[str] | None = None) -> int:
 
         result = distill_step(args.name, params=cfg.model_dump(mode="json"), project=str(root))
         print(json.dumps({k: v for k, v in result.items() if k != "metrics"}, default=str))
+        return 0
+    if args.command == "promote":
+        return _promote(args, cfg, root)
+    if args.command == "predict":
+        from tasks.predict import predict_batch  # imports Prefect and MLflow: after apply_defaults
+        from tasks.tracking import configure
+
+        configure(root)
+        mon = cfg.monitor
+        try:
+            out = predict_batch(
+                Catalog.from_file(root / "catalog" / "catalog.yaml", cfg.catalog),
+                mon.incoming,
+                mon.predictions,
+                cfg.registry.model_name,
+                args.alias or mon.alias,
+                args.batch,
+            )
+        except LookupError as exc:
+            print(f"potstill: {exc}", file=sys.stderr)
+            return 2
+        served = out["model"]
+        print(
+            f"{served.name}@{served.alias} (version {served.version}) predicted "
+            f"{len(out['predictions'])} rows of {mon.incoming} {out['batch']} -> "
+            f"{mon.predictions} {out['predictions_version']}"
+        )
+        return 0
+    if args.command == "review":
+        from flows.review_sync import ReviewNotConfigured, review_sync  # imports Prefect
+        from potstill.review import ReviewServerError
+
+        try:
+            result = review_sync(params=cfg.model_dump(mode="json"), project=str(root))
+        except (ReviewNotConfigured, ReviewServerError) as exc:
+            print(f"potstill: {exc}", file=sys.stderr)
+            return 2
+        stats = result["stats"] or {}
+        print(
+            f"{result['project']}: {result['verdicts']} rows with a verdict -> reviewed_labels "
+            f"{result['version']}; {int(stats.get('review_reviewed', 0))} reviewed, "
+            f"{int(stats.get('review_corrected', 0))} corrected, {int(stats.get('review_rejected', 0))} "
+            f"rejected, {result['pending']} waiting; {result['delivered']} delivered from the outbox"
+        )
+        print(f"MLflow run {result['run_id']} in {result['tracking_uri']}")
         return 0
     from flows.distill import distill  # imports Prefect: after apply_defaults
     from potstill.summary import render
@@ -227,3 +308,35 @@ def _lineage(args: argparse.Namespace, root: Path) -> int:
         print(f"potstill: {args.model}: {exc.message}", file=sys.stderr)
         return 2
     return 0
+
+
+def _promote(args: argparse.Namespace, cfg: RunConfig, root: Path) -> int:
+    from potstill.gate import RollbackError
+    from tasks.register import promote_version, rollback
+    from tasks.tracking import configure
+
+    configure(root)
+    name = cfg.registry.model_name
+    try:
+        if args.rollback:
+            if args.version:
+                print("potstill: give either VERSION or --rollback", file=sys.stderr)
+                return 2
+            done = rollback(cfg)
+            print(f"{name}: champion is version {done['champion']} again (version {done['demoted']} demoted)")
+            return 0
+        if not args.version:
+            print("potstill: promote needs VERSION (or --rollback)", file=sys.stderr)
+            return 2
+        decision, applied = promote_version(cfg, args.version, force=args.force)
+    except (RollbackError, ValueError, LookupError) as exc:
+        print(f"potstill: {exc}", file=sys.stderr)
+        return 2
+    for check in decision.checks:
+        print(f"  [{'pass' if check.passed else 'FAIL'}] {check.reason}")
+    if applied:
+        print(f"{name} version {args.version} is champion" + (" (forced past the gate)" if args.force and
+              not decision.promote else ""))  # fmt: skip
+        return 0
+    print(f"{name} version {args.version} not promoted: {'; '.join(decision.reasons)} (--force overrides)")
+    return 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -72,6 +72,40 @@ class RouteConfig(_Section):
         le=1.0,
         description="At most this fraction of rows goes to review, lowest confidence first (null: no cap).",
     )
+    budget_rows: int | None = Field(
+        None, ge=0, description="At most this many rows go to review per run (with `budget`: the smaller)."
+    )
+    per_class: int | None = Field(
+        None, ge=1, description="At most this many review rows per teacher label (null: no quota)."
+    )
+    audit: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="Also send this fraction of high-confidence rows, drawn at random, to review: the "
+        "reviewers' answers measure the teacher's precision (null: no audit).",
+    )
+    audit_rows: int | None = Field(None, ge=0, description="Audit sample as a number of rows instead.")
+    audit_seed: int = Field(0, description="Seed of the audit sample.")
+
+
+class ReviewConfig(_Section):
+    """Human review in Label Studio (when LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are set; otherwise the
+    routed rows are written to a Label Studio import file)."""
+
+    wait: Literal["none", "until_done", "timeout"] = Field(
+        "none",
+        description="`none`: go on without waiting (reviewed rows join the next run); `until_done`: wait "
+        "until every routed row has a finished review; `timeout`: wait at most `timeout_s`.",
+    )
+    timeout_s: float = Field(600.0, gt=0, description="With `wait: timeout`, the longest wait in seconds.")
+    poll_s: float = Field(10.0, gt=0, description="Seconds between two looks at Label Studio while waiting.")
+    tie_rule: Literal["hold", "teacher", "latest"] = Field(
+        "hold",
+        description="When annotators tie: `hold` keeps the row out of training, `teacher` takes the "
+        "teacher's label if it is among the tied answers, `latest` takes the newest answer.",
+    )
+    annotators_per_row: int = Field(1, ge=1, description="Finished answers a row needs to count as done.")
 
 
 class StudentConfig(_Section):
@@ -119,6 +153,26 @@ class RegistryConfig(_Section):
     metric: str = Field("student_accuracy", description="Metric a new version must beat to become champion.")
 
 
+class PromotionConfig(_Section):
+    """The promotion gate a new student must pass to become `champion` (see potstill/gate.py); null turns
+    a check off. The primary metric is `registry.metric`."""
+
+    min_improvement: float | None = Field(
+        0.0, ge=0, description="Beat the champion on the metric strictly and by at least this much."
+    )
+    max_gap_to_teacher: float | None = Field(
+        None, ge=0, description="Teacher metric minus student metric may be at most this (e.g. 0.1)."
+    )
+    max_slice_regression: float | None = Field(
+        None,
+        ge=0,
+        description="On every slice the champion was measured on (per label recall), the new student may "
+        "be worse by at most this.",
+    )
+    max_latency_ms: float | None = Field(None, gt=0, description="Student latency per row budget (ms).")
+    max_size_mb: float | None = Field(None, gt=0, description="Student size on disk budget (MB).")
+
+
 class CatalogConfig(_Section):
     """How catalog entries marked `versioned: true` are versioned (DVC)."""
 
@@ -146,6 +200,71 @@ class ValidationConfig(_Section):
     )
 
 
+class MonitorConfig(_Section):
+    """Batch predictions of a registered student on incoming data and the drift monitor that decides when
+    to retrain (flows/monitor_drift.py). Thresholds mirror potstill.drift.DriftConfig."""
+
+    incoming: str = Field("incoming", description="Catalog entry of production batches, one per version.")
+    predictions: str = Field("predictions", description="Catalog entry the batch predictions are written to.")
+    alias: str = Field("champion", min_length=1, description="Registry alias of the model that predicts.")
+    reference_rows: int = Field(
+        500, ge=2, description="Rows sampled (seeded) from the champion's train_set: the reference window."
+    )
+    teacher_sample_rows: int = Field(
+        32, ge=0, description="Rows per window the teacher labels to measure teacher-student disagreement."
+    )
+    cooldown_s: float = Field(
+        3600.0, ge=0, description="After a triggered retrain, drift in this many seconds triggers no other."
+    )
+    trigger: Literal["deployment", "inline", "none"] = Field(
+        "deployment",
+        description="On drift: `deployment` starts the `retrain/retrain-on-drift` deployment, `inline` runs "
+        "the retrain flow as a subflow, `none` only logs the decision.",
+    )
+    checks: list[Literal["mmd", "domain_classifier", "psi", "chi2", "ks", "disagreement"]] = Field(
+        default_factory=lambda: ["mmd", "psi", "chi2", "ks", "disagreement"],
+        description="Drift checks to run (potstill/drift.py); any one drifting means drift.",
+    )
+    mmd_alpha: float = Field(0.05, gt=0, lt=1, description="MMD test on embeddings: drift if p < this.")
+    chi2_alpha: float = Field(0.05, gt=0, lt=1, description="Chi-square on label counts: drift if p < this.")
+    ks_alpha: float = Field(0.05, gt=0, lt=1, description="KS on student confidence: drift if p < this.")
+    psi_threshold: float = Field(0.2, gt=0, description="PSI of predicted label shares above this is drift.")
+    max_disagreement_increase: float = Field(
+        0.05, ge=0, le=1, description="Teacher-student disagreement may grow this much over the reference."
+    )
+    n_permutations: int = Field(500, ge=1, description="Permutations of the MMD test (p-value resolution).")
+    seed: int = Field(0, description="Seed of the reference sample, teacher samples and permutations.")
+
+
+class RetrainConfig(_Section):
+    """The `retrain` flow: continue training the champion on a new incoming batch (teacher-labeled and
+    routed like the distill flow). A continuation starts from weights that already fit the task, so it
+    needs fewer steps and a lower learning rate than a student trained from the pruned teacher. The other
+    training settings (batch size, max length, precision, ...) come from `student`."""
+
+    train_on: Literal["merged", "new_plus_replay"] = Field(
+        "merged",
+        description="`merged`: train on the whole next train_set (previous + new rows); "
+        "`new_plus_replay`: only the new rows plus a random replay sample of the previous train_set "
+        "(cheaper on large sets; the replay keeps the student from forgetting). The saved train_set "
+        "version is the merged set either way.",
+    )
+    replay_rows: int | None = Field(
+        None,
+        ge=0,
+        description="With `new_plus_replay`: previous rows replayed (null: as many as there are new rows).",
+    )
+    epochs: float = Field(1.0, gt=0, description="Epochs of the continuation over its training rows.")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    learning_rate: float = Field(5e-5, gt=0, lt=1, description="Lower than a fresh run: the weights fit.")
+
+    def student_settings(self, student: StudentConfig) -> StudentConfig:
+        """The student training settings with this continuation's epochs, steps and learning rate."""
+        return student.model_copy(
+            update={"epochs": self.epochs, "max_steps": self.max_steps, "learning_rate": self.learning_rate}
+        )
+
+
 class RunConfig(_Section):
     """The whole run: `params.yaml`."""
 
@@ -155,8 +274,12 @@ class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     route: RouteConfig = Field(default_factory=RouteConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     @model_validator(mode="after")
     def _route_not_everything(self) -> RunConfig:

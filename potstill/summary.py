@@ -43,6 +43,9 @@ def render(summary: dict[str, Any], console: Console | None = None) -> None:
         f"student trained on [bold]{summary['rows_trained_on']}[/] rows "
         f"({summary['train_steps']} steps, {summary['train_tokens_per_s']:.0f} tokens/s)"
     )
+    review = summary.get("review")
+    if review:
+        console.print(review_line(review))
     for v in summary.get("validation", []):
         flag = "[green]passed[/]" if v["passed"] else "[yellow]rows quarantined[/]"
         line = f"validated {v['name']}: {v['valid_rows']} valid, {v['quarantined_rows']} quarantined ({flag})"
@@ -63,4 +66,22 @@ def render(summary: dict[str, Any], console: Console | None = None) -> None:
     console.print(
         "open the UIs: [bold]make mlflow-ui[/] (http://127.0.0.1:5000)  "
         "[bold]make prefect-ui[/] (http://127.0.0.1:4200)"
+    )
+
+
+def review_line(review: dict[str, Any]) -> str:
+    """Where the routed rows went and what the reviewers' verdicts changed."""
+    human = f"{review['human_rows']} human labels in training, {review['rejected_rows']} rows rejected"
+    if review["target"] == "file":
+        return (
+            f"review: Label Studio is not configured, so the review tasks were written to "
+            f"{review['location']}. Start a server with [bold]make review-server[/] (127.0.0.1:8080), "
+            "export LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, and the next run sends them there "
+            f"(or import the file by hand). {human}."
+        )
+    if review["target"] == "outbox":
+        return f"review: [yellow]{review['message']}[/]. {human}."
+    return (
+        f"review: {review['created']} new tasks in Label Studio, most uncertain first: {review['location']}. "
+        f"{human}; `potstill review sync` pulls new answers."
     )

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from potstill.classifier import Classifier
-from potstill.promotion import AliasDecision, decide_aliases
+from potstill.config import RunConfig
+from potstill.gate import (
+    GateConfig,
+    ModelScores,
+    PromotionDecision,
+    alias_plan,
+    decide_promotion,
+    rollback_plan,
+)
 from tasks.tracking import log_json, resumed
 
 
@@ -39,30 +49,81 @@ def predict_frame(clf: Classifier, frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def champion_metric(client: MlflowClient, model_name: str, metric: str) -> tuple[str | None, float | None]:
-    """(version, metric) of the current champion, or (None, None) when there is none."""
+def scores_from_metrics(metrics: dict[str, float], metric: str, prefix: str = "student_") -> ModelScores:
+    """What the gate compares, from a run's metrics: the primary metric, per-label recall as slices,
+    latency and size (absent ones stay None, which fails a check that needs them)."""
+    slices = {
+        f"label={k.removeprefix(prefix + 'recall_')}": v
+        for k, v in metrics.items()
+        if k.startswith(prefix + "recall_")
+    }
+    return ModelScores(
+        metric=float(metrics[metric]) if metric in metrics else float("nan"),
+        slices=slices,
+        latency_ms=metrics.get(prefix + "latency_ms"),
+        size_mb=metrics.get(prefix + "size_mb"),
+    )
+
+
+def gate_config(cfg: RunConfig) -> GateConfig:
+    return GateConfig(metric=cfg.registry.metric, **cfg.promotion.model_dump())
+
+
+def current_alias(client: MlflowClient, model_name: str, alias: str) -> ModelVersion | None:
     try:
-        mv = client.get_model_version_by_alias(model_name, "champion")
+        return client.get_model_version_by_alias(model_name, alias)
     except mlflow.exceptions.MlflowException:
-        return None, None
-    value = client.get_run(mv.run_id).data.metrics.get(metric) if mv.run_id else None
-    return mv.version, value
+        return None
+
+
+def judge(
+    client: MlflowClient, cfg: RunConfig, metrics: dict[str, float], champion: ModelVersion | None
+) -> PromotionDecision:
+    """The gate's decision for a candidate with these run metrics against the current champion."""
+    metric = cfg.registry.metric
+    champion_scores = None
+    if champion is not None and champion.run_id:
+        champion_scores = scores_from_metrics(client.get_run(champion.run_id).data.metrics, metric)
+    teacher = metrics.get(metric.replace("student_", "teacher_", 1))
+    return decide_promotion(scores_from_metrics(metrics, metric), champion_scores, teacher, gate_config(cfg))
+
+
+def apply_aliases(client: MlflowClient, model_name: str, plan: dict[str, str | None]) -> None:
+    for alias, version in plan.items():
+        if version is None:
+            client.delete_registered_model_alias(model_name, alias)
+        else:
+            client.set_registered_model_alias(model_name, alias, version)
+
+
+def record_decision(
+    client: MlflowClient, model_name: str, version: str, decision: PromotionDecision, how: str
+) -> None:
+    """The decision lives on the model version itself, so the registry UI shows why it is (not) champion."""
+    client.set_model_version_tag(model_name, version, "potstill.decision", "promoted" if decision.promote else
+                                 "not promoted")  # fmt: skip
+    client.set_model_version_tag(model_name, version, "potstill.decided_by", how)
+    client.set_model_version_tag(model_name, version, "potstill.reasons", "; ".join(decision.reasons)[:5000])
+    client.set_model_version_tag(
+        model_name, version, "potstill.checks", json.dumps(decision.to_dict()["checks"], default=str)[:5000]
+    )
 
 
 @task(name="register_student", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def register_student(
     folder: Path,
     sample: list[dict[str, Any]],
-    model_name: str,
-    metric: str,
-    value: float,
+    cfg: RunConfig,
+    metrics: dict[str, float],
     run_id: str,
     lineage: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Log and register; the version is tagged with its lineage (data and prompt versions, commit, config)."""
+    """Log and register; every version is `challenger`, and `champion` when it passes the promotion gate
+    (the champion it replaces keeps `previous`). The decision and lineage are model-version tags."""
     client = MlflowClient()
-    previous, champion_value = champion_metric(client, model_name, metric)
-    decision: AliasDecision = decide_aliases(metric, value, champion_value)
+    model_name, metric = cfg.registry.model_name, cfg.registry.metric
+    champion = current_alias(client, model_name, "champion")
+    decision = judge(client, cfg, metrics, champion)
     clf = Classifier.load(folder)
     fields = clf.prompt.fields
     example = pd.DataFrame([{f: r[f] for f in fields} for r in sample[:3]])
@@ -79,31 +140,65 @@ def register_student(
         )
         mlflow.log_text(clf.prompt.text, f"prompts/{clf.prompt.name}.txt")
     version = str(info.registered_model_version)
-    for alias in decision.aliases:
-        if alias == "champion" and previous is not None:
-            client.set_registered_model_alias(model_name, "previous", previous)
-        client.set_registered_model_alias(model_name, alias, version)
-    client.set_model_version_tag(model_name, version, "potstill.decision", ", ".join(decision.aliases))
-    client.set_model_version_tag(model_name, version, "potstill.reasons", "; ".join(decision.reasons))
+    plan = alias_plan(decision, version, str(champion.version) if champion else None)
+    apply_aliases(client, model_name, plan)
+    record_decision(client, model_name, version, decision, "gate")
     client.set_model_version_tag(model_name, version, "potstill.prompt", clf.prompt.name)
-    client.set_model_version_tag(model_name, version, metric, f"{value:.6f}")
+    if metric in metrics:
+        client.set_model_version_tag(model_name, version, metric, f"{metrics[metric]:.6f}")
     for key, tag in (lineage or {}).items():
         client.set_model_version_tag(model_name, version, f"lineage.{key}", tag)
-    log_json(
-        run_id,
-        {"version": version, "aliases": decision.aliases, "reasons": decision.reasons},
-        "registry/decision.json",
-    )
+    aliases = [a for a, v in plan.items() if v == version]
+    log_json(run_id, {"version": version, "aliases": aliases, **decision.to_dict()}, "registry/decision.json")
     get_run_logger().info(
         "registered %s version %s as %s: %s",
         model_name,
         version,
-        "+".join(decision.aliases),
+        "+".join(aliases),
         "; ".join(decision.reasons),
     )
     return {
         "model_name": model_name,
         "version": version,
-        "aliases": decision.aliases,
+        "aliases": aliases,
         "reasons": decision.reasons,
+        "promoted": decision.promote,
     }
+
+
+# ---- manual promotion and rollback (`potstill promote`): plain MLflow calls, no flow needed
+
+
+def promote_version(cfg: RunConfig, version: str, force: bool = False) -> tuple[PromotionDecision, bool]:
+    """Judge `version` against the current champion with the same gate as a run; apply when it passes
+    (or with force). Returns the decision and whether the aliases changed."""
+    client = MlflowClient()
+    name = cfg.registry.model_name
+    target = client.get_model_version(name, version)
+    champion = current_alias(client, name, "champion")
+    if champion is not None and champion.version == target.version:
+        raise ValueError(f"{name} version {version} is the champion already")
+    decision = judge(client, cfg, dict(client.get_run(target.run_id).data.metrics), champion)
+    if not (decision.promote or force):
+        return decision, False
+    plan: dict[str, str | None] = {"champion": str(target.version)}
+    if champion is not None:
+        plan["previous"] = str(champion.version)
+    apply_aliases(client, name, plan)
+    record_decision(client, name, str(target.version), decision, "manual --force" if force else "manual")
+    return decision, True
+
+
+def rollback(cfg: RunConfig) -> dict[str, str | None]:
+    """`previous` becomes `champion` again; the demoted version is tagged so the registry shows why."""
+    client = MlflowClient()
+    name = cfg.registry.model_name
+    champion = current_alias(client, name, "champion")
+    previous = current_alias(client, name, "previous")
+    plan = rollback_plan(
+        str(champion.version) if champion else None, str(previous.version) if previous else None
+    )
+    apply_aliases(client, name, plan)
+    if champion is not None:
+        client.set_model_version_tag(name, champion.version, "potstill.decision", "rolled back")
+    return {"demoted": str(champion.version) if champion else None, "champion": plan["champion"]}

@@ -7,8 +7,13 @@ the project's `.cache/`, so repeated test sessions start fast.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import socket
+import subprocess
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,16 +22,20 @@ os.environ.setdefault("POTSTILL_CACHE", str(ROOT / ".cache"))
 os.environ["PREFECT_HOME"] = str(_TMP / "prefect")  # never touch the user's Prefect database
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PREFECT_API_URL", None)
+for _var in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):  # tests that want a server set their own
+    os.environ.pop(_var, None)
 
 from potstill.env import apply_defaults  # noqa: E402
 
 apply_defaults(ROOT)
 
+import httpx  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from potstill.models import prepare_tokenizer, weights_location  # noqa: E402
+from potstill.review import ReviewClient, ReviewSettings  # noqa: E402
 
 CACHE = Path(os.environ["POTSTILL_CACHE"])
 
@@ -83,7 +92,7 @@ def tiny_model(tiny_model_dir: Path):
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A fresh project folder: the repository's catalog and prompts, no data yet."""
-    shutil.copytree(ROOT / "catalog", tmp_path / "catalog", ignore=shutil.ignore_patterns("data"))
+    shutil.copytree(ROOT / "catalog", tmp_path / "catalog", ignore=shutil.ignore_patterns("data", "versions"))
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     return tmp_path
 
@@ -95,3 +104,64 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+# ---- Label Studio: one real server per test session, started by the project's own infra script
+
+LS_SCRIPT = ROOT / "infra" / "label-studio" / "server.sh"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LabelStudioServer:
+    url: str
+    token: str = field(repr=False)
+    env: dict[str, str] = field(repr=False)
+
+    def _script(self, command: str, timeout: float) -> None:
+        done = subprocess.run(
+            ["bash", str(LS_SCRIPT), command], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if done.returncode != 0:
+            pytest.fail(f"server.sh {command} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+
+    def start(self) -> None:
+        self._script("start", timeout=1200)  # includes the one-time install on a fresh cache
+
+    def stop(self) -> None:
+        self._script("stop", timeout=60)
+
+    def settings(self) -> ReviewSettings:
+        return ReviewSettings(url=self.url, api_key=self.token)
+
+    def client(self) -> ReviewClient:
+        return ReviewClient(self.settings(), timeout=30.0)
+
+    def http(self) -> httpx.Client:
+        """What a reviewer's browser does, as plain REST calls."""
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Token {self.token}"}, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
+    port = _free_port()
+    token = secrets.token_hex(20)
+    env = {
+        **os.environ,
+        "LABEL_STUDIO_PORT": str(port),
+        "LABEL_STUDIO_DATA_DIR": str(tmp_path_factory.mktemp("label-studio-data")),
+        "LABEL_STUDIO_USERNAME": "admin@potstill.test",
+        "LABEL_STUDIO_PASSWORD": secrets.token_urlsafe(16),
+        "LABEL_STUDIO_API_KEY": token,
+    }
+    server = LabelStudioServer(url=f"http://127.0.0.1:{port}", token=token, env=env)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,4 +1,14 @@
-from potstill.routing import route
+import pytest
+
+from potstill.routing import (
+    AuditSample,
+    Budget,
+    PerClassQuota,
+    Threshold,
+    build_policies,
+    route,
+    route_with,
+)
 
 
 def rows(*confs):
@@ -42,12 +52,69 @@ def test_every_row_is_in_exactly_one_group():
     assert len(d.review) == 4 and set(d.reasons) == {r["id"] for r in rs}
 
 
-def test_alias_decision_first_better_and_worse():
-    from potstill.promotion import decide_aliases
+# ---- combinable policies (route_with)
 
-    first = decide_aliases("student_accuracy", 0.7, None)
-    assert first.aliases == ["challenger", "champion"] and "no champion yet" in first.reasons[0]
-    better = decide_aliases("student_accuracy", 0.71, 0.7)
-    assert better.champion and "0.7100 beats the champion's 0.7000" in better.reasons[0]
-    tie = decide_aliases("student_accuracy", 0.7, 0.7)
-    assert tie.aliases == ["challenger"] and not tie.champion
+
+def labeled(*pairs):
+    return [{"id": f"r{i}", "confidence": c, "label": lab} for i, (c, lab) in enumerate(pairs)]
+
+
+def test_route_is_route_with_threshold_and_budget():
+    rs = rows(0.52, 0.55, 0.58, 0.95, 0.1)
+    assert route(rs, threshold=0.6, budget=0.4) == route_with(rs, [Threshold(0.6), Budget(fraction=0.4)])
+
+
+def test_budget_in_rows_and_the_smaller_of_both():
+    rs = rows(0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+    assert route_with(rs, [Budget(rows=2)]).review == ["r0", "r1"]
+    assert route_with(rs, [Budget(fraction=0.5, rows=1)]).review == ["r0"]  # min(3, 1)
+    d = route_with(rs, [Threshold(0.45), Budget(rows=3)])
+    assert d.review == ["r0", "r1", "r2"] and "budget 3 rows is spent" in d.reasons["r3"]
+
+
+def test_per_class_quota_caps_each_predicted_label_lowest_first():
+    rs = labeled((0.1, "pos"), (0.2, "pos"), (0.3, "pos"), (0.15, "neg"), (0.9, "neg"))
+    d = route_with(rs, [Threshold(0.5), PerClassQuota(2)])
+    assert d.review == ["r0", "r1", "r3"]
+    assert "quota of 2 rows for 'pos' is full" in d.reasons["r2"]
+    assert d.reasons["r4"] == "confidence 0.900 >= threshold 0.5"
+
+
+def test_quota_applies_before_the_budget():
+    rs = labeled((0.1, "pos"), (0.2, "pos"), (0.3, "neg"), (0.4, "neg"))
+    d = route_with(rs, [Threshold(0.5), PerClassQuota(1), Budget(rows=3)])
+    assert d.review == ["r0", "r2"]  # the quota leaves 2; the budget of 3 is not reached
+
+
+def test_audit_samples_high_confidence_rows_seeded_and_says_audit():
+    rs = rows(*([0.3] * 5 + [0.9 + i / 1000 for i in range(20)]))
+    policies = [Threshold(0.6), AuditSample(rows=4, seed=7)]
+    d = route_with(rs, policies)
+    assert len(d.audit) == 4 and set(d.audit) <= set(d.review)
+    assert all(rs[int(i[1:])]["confidence"] >= 0.6 for i in d.audit)
+    assert all(d.reasons[i].startswith("audit: ") for i in d.audit)
+    assert len(d.review) == 9 and sorted(d.accepted + d.review) == sorted(r["id"] for r in rs)
+    assert route_with(rs, policies) == d  # same seed, same sample
+    assert route_with(rs, [Threshold(0.6), AuditSample(rows=4, seed=8)]).audit != d.audit
+    assert "4 of them audit samples" in d.summary
+
+
+def test_audit_fraction_of_eligible_rows_and_min_confidence():
+    rs = rows(0.3, 0.7, 0.8, 0.95, 0.96, 0.97, 0.98)
+    d = route_with(rs, [Threshold(0.5), AuditSample(fraction=0.5, seed=0, min_confidence=0.9)])
+    assert len(d.audit) == 2 and all(rs[int(i[1:])]["confidence"] >= 0.9 for i in d.audit)
+
+
+def test_build_policies_from_flat_settings():
+    assert build_policies() == []
+    ps = build_policies(threshold=0.6, budget_rows=10, per_class=3, audit=0.01, audit_seed=5)
+    assert ps == [Threshold(0.6), Budget(rows=10), PerClassQuota(3), AuditSample(fraction=0.01, seed=5)]
+
+
+def test_bad_policies_fail_early():
+    with pytest.raises(ValueError, match="at most one Threshold"):
+        route_with(rows(0.1), [Threshold(0.5), Threshold(0.6)])
+    with pytest.raises(ValueError):
+        Budget()
+    with pytest.raises(ValueError):
+        Threshold(1.5)
