@@ -1,0 +1,1 @@
+"""Teacher backends (`base.TeacherBackend`): transformers in process, OpenAI-compatible HTTP, vLLM."""
