@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("step", "run one step of the pipeline on catalog entries (what each dvc.yaml stage calls)"),
         ("review", "human review in Label Studio (LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY from the env)"),
         ("predict", "predict an incoming batch with a registered model; write a new predictions version"),
+        (
+            "deploy",
+            "serve the flows on their schedules from this process (needs PREFECT_API_URL): distill nightly "
+            "at 02:00, review sync every 10 min, drift monitor hourly, retrain on trigger "
+            "(retrain/retrain-on-drift); SIGTERM or Ctrl-C pauses the schedules and exits",
+        ),
     ):
         p = sub.add_parser(name, help=text, description=text)
         if name == "step":
@@ -54,6 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
                 default=None,
                 metavar="vN",
                 help="version of the incoming entry to predict (default: the latest batch)",
+            )
+        if name == "deploy":
+            p.add_argument(
+                "--only",
+                action="append",
+                default=None,
+                metavar="FLOW",
+                help="serve only this flow (repeatable): distill, review_sync, monitor_drift, retrain",
+            )
+            p.add_argument(
+                "--every",
+                action="append",
+                default=[],
+                metavar="FLOW=SECONDS",
+                help="run FLOW every SECONDS instead of its schedule (repeatable; for trials and tests)",
+            )
+            p.add_argument(
+                "--limit", type=int, default=1, help="flow runs at a time in this process (default 1)"
             )
         if name == "review":
             p.add_argument(
@@ -153,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "promote":
         return _promote(args, cfg, root)
+    if args.command == "deploy":
+        return _deploy(args, cfg, root)
     if args.command == "predict":
         from tasks.predict import predict_batch  # imports Prefect and MLflow: after apply_defaults
         from tasks.tracking import configure
@@ -202,10 +229,6 @@ def main(argv: list[str] | None = None) -> int:
     summary = distill(params=cfg.model_dump(mode="json"), project=str(root))
     render(summary)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def _catalog(root: Path) -> Catalog:
@@ -340,3 +363,33 @@ def _promote(args: argparse.Namespace, cfg: RunConfig, root: Path) -> int:
         return 0
     print(f"{name} version {args.version} not promoted: {'; '.join(decision.reasons)} (--force overrides)")
     return 1
+
+
+def _deploy(args: argparse.Namespace, cfg: RunConfig, root: Path) -> int:
+    """Serve the deployments (flows/deployments.py) until SIGTERM/Ctrl-C."""
+    if not os.environ.get("PREFECT_API_URL"):
+        print(
+            "potstill: deploy needs a Prefect server that outlives this process: start one with "
+            "`infra/prefect/server.sh start` (or `make prefect-ui`) and export "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        every = {flow: float(sec) for flow, _, sec in (e.partition("=") for e in args.every)}
+    except ValueError:
+        print(f"potstill: --every takes FLOW=SECONDS, got {args.every}", file=sys.stderr)
+        return 2
+    from flows.deployments import build_deployments, serve_deployments  # imports Prefect: after defaults
+
+    try:
+        deployments = build_deployments(root, cfg.model_dump(mode="json"), args.only, every)
+    except ValueError as exc:
+        print(f"potstill: {exc}", file=sys.stderr)
+        return 2
+    serve_deployments(deployments, limit=args.limit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -58,6 +58,27 @@ class TeacherConfig(_Section):
     reuse_prefix_cache: bool = Field(
         True, description="Compute the shared few-shot prefix once and reuse its key/value cache."
     )
+    kind: Literal["classification", "nli", "multiple_choice", "math", "summarization", "chat"] = Field(
+        "classification",
+        description="How the teacher labels: closed kinds score each label/choice (no generation); math "
+        "samples chains of thought and takes the majority answer; summarization/chat generate free text.",
+    )
+    samples: int = Field(1, ge=1, description="Samples per row (math: self-consistency majority vote).")
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature, used when samples > 1.")
+    max_new_tokens: int = Field(256, ge=1, description="Longest generated answer (generative kinds).")
+    stop: list[str] = Field(
+        default_factory=list, description='Stop strings, e.g. ["\\n\\nQuestion:"] for math.'
+    )
+    seed: int = Field(0, description="Sampling seed.")
+    store_signals: bool = Field(
+        False,
+        description="Store the top-k log-probabilities at every answer position (generative kinds) in "
+        "columnar shards for logit distillation.",
+    )
+    top_logprobs: int = Field(64, ge=1, description="k of the stored top-k log-probabilities.")
+    shard_rows: int = Field(
+        64, ge=1, description="Rows per result shard: a killed run resumes from the finished shards."
+    )
 
 
 class RouteConfig(_Section):
@@ -233,6 +254,11 @@ class MonitorConfig(_Section):
         0.05, ge=0, le=1, description="Teacher-student disagreement may grow this much over the reference."
     )
     n_permutations: int = Field(500, ge=1, description="Permutations of the MMD test (p-value resolution).")
+    correction: Literal["bonferroni", "none"] = Field(
+        "bonferroni",
+        description="Multiple-testing correction across the p-value checks: each runs at alpha / m, so "
+        "several tests on a clean batch do not add up to frequent false alarms.",
+    )
     seed: int = Field(0, description="Seed of the reference sample, teacher samples and permutations.")
 
 

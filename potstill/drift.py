@@ -4,8 +4,9 @@ current window (what it sees now), gathered in one typed report with a verdict p
 Each statistic is a plain function so that it can be pinned to a hand computation; `drift_report` only
 decides which ones apply and combines their verdicts. The rule for every `DriftCheck`: when the test has a
 p-value, it drifted if p_value < threshold (the test's alpha); otherwise it drifted if
-statistic > threshold. Each test runs at its own alpha with no multiple-testing correction: several
-tests on one window raise the chance of a false alarm, which the monitor prefers to a missed drift.
+statistic > threshold. With `correction="bonferroni"` (the default) each p-value test runs at alpha / m,
+m the number of p-value tests in the report: five tests at 0.05 each would raise a false alarm on about
+one clean batch in five, and one false alarm spends the retrain cooldown before the real shift comes.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ class DriftConfig:
     # MMD costs O(n²) memory and time per permutation: larger windows are subsampled (seeded) to this.
     mmd_max_samples: int = 1000
     seed: int = 0
+    correction: str = "bonferroni"  # or "none": every p-value test at its own alpha
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "checks", frozenset(self.checks))  # a list from YAML works too
@@ -49,6 +51,10 @@ class DriftConfig:
         for name in ("mmd_alpha", "chi2_alpha", "ks_alpha"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"DriftConfig.{name} must be in (0, 1), got {getattr(self, name)!r}")
+        if self.correction not in ("bonferroni", "none"):
+            raise ValueError(
+                f"DriftConfig.correction must be 'bonferroni' or 'none', got {self.correction!r}"
+            )
         if self.n_permutations < 1 or self.mmd_max_samples < 2 or self.domain_cv_folds < 2:
             raise ValueError(
                 "n_permutations >= 1, mmd_max_samples >= 2 and domain_cv_folds >= 2 are required"
@@ -311,7 +317,25 @@ def drift_report(reference: DriftSample, current: DriftSample, cfg: DriftConfig 
             skipped.append(f"{name}: {outcome}")
         else:
             checks.append(outcome)
-    return DriftReport(checks, skipped)
+    return DriftReport(correct(checks, cfg.correction), skipped)
+
+
+def correct(checks: list[DriftCheck], correction: str = "bonferroni") -> list[DriftCheck]:
+    """Bonferroni: each of the m p-value checks drifts only when p < alpha / m (family-wise alpha)."""
+    m = sum(c.p_value is not None for c in checks)
+    if correction != "bonferroni" or m < 2:
+        return checks
+    return [
+        replace(
+            c,
+            threshold=c.threshold / m,
+            drifted=c.p_value < c.threshold / m,
+            detail=f"{c.detail} (Bonferroni: alpha {c.threshold:g}/{m})",
+        )
+        if c.p_value is not None
+        else c
+        for c in checks
+    ]
 
 
 def _embeddings(

@@ -148,7 +148,29 @@ def build_policies(
 
 def route_with(rows: list[dict[str, Any]], policies: Sequence[Policy]) -> RoutingDecision:
     """Apply the policies (see the module docstring for their fixed order) to rows with `id` and
-    `confidence` (and `label`, for a per-class quota)."""
+    `confidence` (and `label`, for a per-class quota).
+
+    A row whose teacher output could not be parsed (`parse_error`) always goes to review, outside any
+    budget or quota: it has no usable label, so it must never reach training unread."""
+    broken = [r for r in rows if r.get("parse_error")]
+    if not broken:
+        return _route_parsed(rows, policies)
+    decision = _route_parsed([r for r in rows if not r.get("parse_error")], policies)
+    broken_ids = {r["id"] for r in broken}
+    reasons = dict(decision.reasons)
+    for r in broken:
+        reasons[r["id"]] = f"parse error ({r.get('parse_error_reason') or 'unreadable teacher output'}): " \
+            "a person must label it"  # fmt: skip
+    review = set(decision.review) | broken_ids
+    return RoutingDecision(
+        accepted=[r["id"] for r in rows if r["id"] not in review],
+        review=[r["id"] for r in rows if r["id"] in review],
+        reasons=reasons,
+        audit=decision.audit,
+    )
+
+
+def _route_parsed(rows: list[dict[str, Any]], policies: Sequence[Policy]) -> RoutingDecision:
     threshold: Threshold | None = _one(policies, Threshold)
     budget: Budget | None = _one(policies, Budget)
     quota: PerClassQuota | None = _one(policies, PerClassQuota)

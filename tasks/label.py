@@ -1,9 +1,17 @@
-"""Step 2: label rows with the teacher. Cached: same rows, teacher and prompt reuse the finished labels."""
+"""Step 2: label rows with the teacher, for any kind, in resumable shards.
+
+Two layers of reuse: the Prefect result cache returns a finished labeling at once (same rows, teacher,
+prompt and kind settings); below it, `potstill.shards` writes every finished shard to a run folder under
+the cache, so a run killed mid-way (OOM, preemption, Ctrl-C) resumes from its finished shards instead of
+starting over, and never labels a row twice.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +19,18 @@ from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 from tqdm.auto import tqdm
 
-from potstill.classifier import Classifier
 from potstill.config import TeacherConfig
-from potstill.models import count_parameters, folder_size_bytes, load_model, resolve_source, weights_location
+from potstill.kinds import GENERATIVE_KINDS, KindSpec, label_rows
+from potstill.models import (
+    count_parameters,
+    default_cache_dir,
+    folder_size_bytes,
+    resolve_source,
+    weights_location,
+)
 from potstill.prompts import PromptTemplate
+from potstill.shards import DEFAULT_SHARD_ROWS, label_sharded, rows_digest, run_folder
+from potstill.signals import DEFAULT_TOP_K
 
 
 def _teacher_identity(spec: str) -> str:
@@ -27,49 +43,118 @@ def _teacher_identity(spec: str) -> str:
     return spec + "|" + "|".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
 
 
+def kind_spec(cfg: TeacherConfig, labels: list[str]) -> KindSpec:
+    """The labeling settings of `cfg` (fields not in the config yet take KindSpec's defaults)."""
+    store = bool(getattr(cfg, "store_signals", False))
+    top_k = int(getattr(cfg, "top_logprobs", 0) or DEFAULT_TOP_K) if store else 0
+    defaults = KindSpec()
+    return KindSpec(
+        kind=getattr(cfg, "kind", None) or defaults.kind,
+        labels=tuple(labels),
+        samples=int(getattr(cfg, "samples", defaults.samples)),
+        temperature=float(getattr(cfg, "temperature", defaults.temperature)),
+        max_new_tokens=int(getattr(cfg, "max_new_tokens", defaults.max_new_tokens)),
+        top_logprobs=top_k,
+        seed=getattr(cfg, "seed", defaults.seed),
+        stop=tuple(getattr(cfg, "stop", defaults.stop) or ()),
+    )
+
+
 def labeling_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    rows = parameters["rows"]
+    cfg = parameters["cfg"]
     payload = {
-        "rows": hashlib.sha256(json.dumps([[r["id"], r.get("text")] for r in rows]).encode()).hexdigest(),
-        "teacher": _teacher_identity(parameters["cfg"].model),
+        "rows": rows_digest(parameters["rows"]),
+        "teacher": _teacher_identity(cfg.model),
         "prompt": parameters["prompt"].text,
-        "labels": parameters["labels"],
-        "v": 1,
+        "spec": kind_spec(cfg, parameters["labels"]).digest_payload(),
+        "signals": bool(getattr(cfg, "store_signals", False)),
+        "v": 2,
     }
     return "label-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _backend(cfg: TeacherConfig) -> Any:
+    from potstill.teacher.transformers_backend import TransformersBackend
+
+    return TransformersBackend.from_spec(
+        cfg.model, batch_size=cfg.batch_size, reuse_prefix=cfg.reuse_prefix_cache
+    )
 
 
 @task(name="label_with_teacher", cache_key_fn=labeling_cache_key, persist_result=True, retries=0)
 def label_with_teacher(
     rows: list[dict[str, Any]], cfg: TeacherConfig, prompt: PromptTemplate, labels: list[str], what: str
 ) -> dict[str, Any]:
-    """Score every label for every row; returns labeled rows and the teacher's throughput."""
+    """Label every row with the teacher (the kind's method); returns labeled rows and the throughput.
+
+    Rows the teacher's output cannot be parsed for are kept with `parse_error: True` and confidence 0.
+    """
     logger = get_run_logger()
-    model, tokenizer = load_model(cfg.model)
-    teacher = Classifier(model, tokenizer, prompt, labels, cfg.batch_size, cfg.reuse_prefix_cache)
+    spec = kind_spec(cfg, labels)
+    backend = _backend(cfg)
     unlabeled = [{k: v for k, v in r.items() if k != "label"} for r in rows]  # the teacher never sees gold
-    with tqdm(total=len(rows), desc=f"teacher labels {what}", unit="row") as bar:
-        scores, seconds = teacher.timed_predict(unlabeled, progress=bar.update)
-    labeled = [
-        {
-            **r,
-            "label": s.label,
-            "confidence": s.confidence,
-            "distribution": s.distribution,
-            "teacher": cfg.model,
-            "prompt_digest": prompt.digest,
-        }
-        for r, s in zip(unlabeled, scores, strict=True)
-    ]
-    logger.info(
-        "teacher labeled %d %s rows in %.1fs (%.1f rows/s)", len(rows), what, seconds, len(rows) / seconds
+    identity = {
+        "teacher": _teacher_identity(cfg.model),
+        "prompt": prompt.digest,
+        "rows": rows_digest(unlabeled),
+    }
+    folder = run_folder(
+        default_cache_dir() / "labels",
+        identity["teacher"],
+        prompt.digest,
+        identity["rows"],
+        spec.digest_payload(),
     )
+    store = bool(getattr(cfg, "store_signals", False)) and spec.kind in GENERATIVE_KINDS
+    with tqdm(total=len(rows), desc=f"teacher labels {what}", unit="row") as bar:
+        result = label_sharded(
+            unlabeled,
+            lambda shard: label_rows(backend, shard, prompt, spec),
+            folder,
+            int(getattr(cfg, "shard_rows", DEFAULT_SHARD_ROWS)),
+            identity={**identity, "spec": spec.digest_payload()},
+            signals_top_k=spec.top_logprobs if store else None,
+            progress=bar.update,
+        )
+    labeled = [{**r, "teacher": cfg.model, "prompt_digest": prompt.digest} for r in result.records]
+    rate = result.rows_per_s if result.labeled_rows else math.nan
+    failures = sum(1 for r in labeled if r.get("parse_error"))
+    logger.info(
+        "teacher labeled %d %s rows (%s) in %.1fs (%.1f rows/s); %d resumed from %s; %d parse error(s)",
+        result.labeled_rows,
+        what,
+        spec.kind,
+        result.seconds,
+        rate,
+        result.resumed_rows,
+        folder,
+        failures,
+    )
+    if store:
+        logger.info(
+            "teacher signals: %.0f bytes/token (top-%d)", result.signal_bytes_per_token, spec.top_logprobs
+        )
+    model = backend.model
     return {
         "rows": labeled,
         "pred": [r["label"] for r in labeled],
-        "seconds": seconds,
-        "rows_per_s": len(rows) / seconds,
-        "latency_ms": teacher.latency_ms(unlabeled),
+        "seconds": result.seconds,
+        "rows_per_s": rate,
+        "resumed_rows": result.resumed_rows,
+        "parse_errors": failures,
+        "shards_folder": str(folder),
+        "signal_bytes_per_token": result.signal_bytes_per_token if store else None,
+        "latency_ms": _latency_ms(backend, unlabeled, prompt, spec),
         "params": count_parameters(model),
         "size_mb": folder_size_bytes(Path(weights_location(cfg.model))) / 1e6,
     }
+
+
+def _latency_ms(backend: Any, rows: list[dict[str, Any]], prompt: PromptTemplate, spec: KindSpec) -> float:
+    """Mean wall time of one-row requests, as a single caller of the teacher sees it (fewer rows for
+    generating kinds: each costs a full decode)."""
+    sample = rows[: 2 if spec.kind in GENERATIVE_KINDS else 16]
+    start = time.perf_counter()
+    for r in sample:
+        label_rows(backend, [r], prompt, spec)
+    return 1000 * (time.perf_counter() - start) / max(len(sample), 1)

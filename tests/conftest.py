@@ -165,3 +165,54 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
         yield server
     finally:
         server.stop()
+
+
+# ---- llama.cpp server (OpenAI-compatible) for the openai teacher backend: one per test session,
+# ---- started by infra/llama-cpp/server.sh (builds llama-cpp-python once, ~5 min on 2 cores)
+
+LLAMA_CPP_SCRIPT = ROOT / "infra" / "llama-cpp" / "server.sh"
+
+
+@dataclass
+class LlamaCppServer:
+    base_url: str
+    model: str
+    env: dict[str, str] = field(repr=False)
+
+    def script(self, command: str, timeout: float) -> None:
+        done = subprocess.run(
+            ["bash", str(LLAMA_CPP_SCRIPT), command],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if done.returncode != 0:
+            pytest.fail(
+                f"llama-cpp server.sh {command} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+            )
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaCppServer]:
+    """llama.cpp serving the packaged SmolLM2 GGUF on 127.0.0.1 (a free port), model name `smollm2`,
+    with BOS (`<|im_start|>`) prepended to every prompt; see infra/llama-cpp/README.md."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "LLAMA_CPP_PORT": str(port),
+        "LLAMA_CPP_STATE_DIR": str(tmp_path_factory.mktemp("llama-cpp")),
+        "LLAMA_CPP_MODEL_ALIAS": "smollm2",
+        # llama-cpp-python's echo logprobs are one position off for models that add no BOS token
+        # (SmolLM2): with BOS forced on they are right, for prompts that start with <|im_start|>.
+        "LLAMA_CPP_KV_OVERRIDES": "tokenizer.ggml.add_bos_token=bool:true",
+    }
+    server = LlamaCppServer(f"http://127.0.0.1:{port}/v1", "smollm2", env)
+    server.script("start", timeout=1800)  # includes the one-time build on a fresh cache
+    try:
+        yield server
+    finally:
+        server.script("stop", timeout=60)
+
+
+# ---- end llama.cpp server

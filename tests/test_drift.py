@@ -250,3 +250,19 @@ def test_unknown_check_name_is_rejected():
 
 def test_disagreement_from_labels():
     assert Disagreement.from_labels(["a", "b", "a", "a"], ["a", "a", "a", "b"]).rate == 0.5
+
+
+def test_bonferroni_divides_alpha_by_the_number_of_p_value_checks():
+    from potstill.drift import DriftCheck, correct
+
+    checks = [
+        DriftCheck("mmd", 0.1, 0.03, 0.05, True, "p=0.03"),
+        DriftCheck("ks", 0.2, 0.01, 0.05, True, "p=0.01"),
+        DriftCheck("psi", 0.3, None, 0.2, True, "psi 0.3 > 0.2"),  # no p-value: untouched
+    ]
+    out = {c.name: c for c in correct(checks)}
+    assert out["mmd"].threshold == 0.025 and not out["mmd"].drifted  # 0.03 >= 0.05 / 2
+    assert out["ks"].drifted and "Bonferroni" in out["ks"].detail
+    assert out["psi"] == checks[2]
+    assert correct(checks, "none") == checks
+    assert correct(checks[:1]) == checks[:1]  # one test: nothing to correct

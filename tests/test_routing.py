@@ -118,3 +118,14 @@ def test_bad_policies_fail_early():
         Budget()
     with pytest.raises(ValueError):
         Threshold(1.5)
+
+
+def test_parse_errors_always_go_to_review_outside_the_budget():
+    rows = labeled((0.9, "positive"), (0.2, "negative"), (0.95, "positive"), (0.99, "negative"))
+    rows[0] |= {"parse_error": True, "parse_error_reason": "no label word", "confidence": 0.0, "label": None}
+    rows[2] |= {"parse_error": True, "confidence": 0.0, "label": None}
+    d = route_with(rows, build_policies(threshold=0.5, budget_rows=1))
+    assert d.review == ["r0", "r1", "r2"] and d.accepted == ["r3"]
+    assert d.reasons["r0"].startswith("parse error (no label word)")
+    assert "unreadable teacher output" in d.reasons["r2"]
+    assert route_with(rows, []).review == ["r0", "r2"]  # even with no routing configured

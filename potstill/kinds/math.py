@@ -1,0 +1,121 @@
+"""Math: chain-of-thought generation, answer extraction, self-consistency over n samples.
+
+The teacher writes its reasoning and a final answer (GSM8K's `#### 42`, or "The answer is 42"); we read
+the number, normalise it (`$1,000.00` and `1000` are the same answer), and take the majority over
+`spec.samples` samples. The agreement rate (majority votes / all samples, unreadable ones included) is the
+confidence: a teacher that reaches the same number on most reasoning paths is usually right, and one
+that cannot produce a number at all is unsure by definition.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from typing import Any
+
+from potstill.kinds.common import KindSpec, Labeled, ok, parse_failure, render
+from potstill.prompts import PromptError, PromptTemplate
+from potstill.teacher.base import SamplingSpec, TeacherBackend
+
+_NUMBER = r"[-−]?\s*\$?\s*(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+)?"
+_HASHES = re.compile(r"####\s*([^\n]*)")
+_ANSWER_IS = re.compile(r"answer\s*(?:is|:|=)\s*:?\s*(" + _NUMBER + ")", re.IGNORECASE)
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_ANY_NUMBER = re.compile(_NUMBER)
+
+
+def normalise_number(text: str) -> str | None:
+    """Canonical string of a number: no `$`, thousands commas or trailing zeros; `72.0` -> `72`,
+    `0.50` -> `0.5`, `1/2` -> `0.5`, `−3` -> `-3`. None when it is not a number."""
+    s = text.replace("−", "-").replace("$", "").replace(",", "").replace(" ", "").rstrip(".")
+    try:
+        if "/" in s:
+            num, den = s.split("/", 1)
+            value = Fraction(Decimal(num)) / Fraction(Decimal(den))
+        else:
+            value = Fraction(Decimal(s))
+    except (InvalidOperation, ValueError, ZeroDivisionError):
+        return None
+    if value.denominator == 1:
+        return str(value.numerator)
+    out = f"{float(value):.6f}".rstrip("0").rstrip(".")
+    return "0" if out == "-0" else out
+
+
+def extract_answer(text: str) -> str | None:
+    """The final answer of a solution, normalised; None when there is none.
+
+    Order of trust: the first number after the first `####` (GSM8K's format, which the few-shot prompt
+    teaches); else the last "answer is N" / "answer: N"; else the last `\\boxed{N}`. A bare last number
+    is not accepted: in a truncated chain of thought it is an intermediate result, not an answer.
+    """
+    m = _HASHES.search(text)
+    if m:
+        num = _ANY_NUMBER.search(m.group(1))
+        if num:
+            return normalise_number(num.group(0))
+    found = _ANSWER_IS.findall(text)
+    if found:
+        return normalise_number(found[-1])
+    boxed = _BOXED.findall(text)
+    if boxed:
+        num = _ANY_NUMBER.search(boxed[-1])
+        if num:
+            return normalise_number(num.group(0))
+    return None
+
+
+def majority_vote(answers: Sequence[str | None]) -> tuple[str | None, int, float]:
+    """(majority answer, its votes, agreement = votes / all samples). Unreadable samples (None) count in
+    the denominator but never win; ties go to the answer seen first, so the vote is deterministic."""
+    votes = Counter(a for a in answers if a is not None)
+    if not votes:
+        return None, 0, 0.0
+    best = max(votes.values())
+    winner = next(a for a in answers if a is not None and votes[a] == best)
+    return winner, best, best / len(answers)
+
+
+def sampling(spec: KindSpec) -> SamplingSpec:
+    """One sample is greedy; several are sampled at `spec.temperature` (self-consistency needs diversity)."""
+    return SamplingSpec(
+        max_new_tokens=spec.max_new_tokens,
+        n=spec.samples,
+        temperature=spec.temperature if spec.samples > 1 else 0.0,
+        top_logprobs=spec.top_logprobs,
+        stop=spec.stop,
+        seed=spec.seed,
+    )
+
+
+def label_math(
+    backend: TeacherBackend, rows: Sequence[dict[str, Any]], template: PromptTemplate, spec: KindSpec
+) -> list[Labeled]:
+    """Record fields: `answer` (and `label`, the same string, what the student learns), `confidence`
+    (agreement), `votes` {answer: count}, `samples`, `rationale` (the first majority sample's text)."""
+    prompts = [render(template, r) for r in rows]
+    todo = [i for i, p in enumerate(prompts) if not isinstance(p, PromptError)]
+    generations = backend.generate([prompts[i] for i in todo], sampling(spec)) if todo else []
+    by_row = dict(zip(todo, generations, strict=True))
+    out = []
+    for i, row in enumerate(rows):
+        if i not in by_row:
+            out.append(parse_failure(row, f"prompt: {prompts[i]}", answer=None, rationale=None))
+            continue
+        gens = by_row[i]
+        answers = [extract_answer(g.text) for g in gens]
+        answer, _, agreement = majority_vote(answers)
+        votes = dict(Counter(a for a in answers if a is not None))
+        extra = {"votes": votes, "samples": len(gens), "unparsed_samples": answers.count(None)}
+        if answer is None:
+            reason = f"no final answer (#### N / 'the answer is N') in {len(gens)} sample(s)"
+            rationale = gens[0].text if gens else None
+            out.append(parse_failure(row, reason, answer=None, rationale=rationale, **extra))
+            continue
+        chosen = gens[answers.index(answer)]
+        record = {**row, "label": answer, "answer": answer, "confidence": agreement, **extra}
+        out.append(ok({**record, "rationale": chosen.text.strip()}, chosen.tokens))
+    return out

@@ -1,0 +1,109 @@
+"""The vLLM backend's conversion of vLLM outputs to our records.
+
+vLLM itself is NOT run here (no CPU wheel, and it conflicts with this stack's pins). These tests build
+objects shaped like vLLM's public output types (vllm.outputs.RequestOutput / CompletionOutput and
+vllm.logprobs.Logprob, as documented at docs.vllm.ai) by hand and check the pure conversion functions;
+the engine calls in `VLLMBackend` are exercised only on a GPU host with vLLM installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass, field
+
+import pytest
+
+from potstill.teacher.vllm_backend import (
+    generation_from_vllm,
+    generations_from_vllm,
+    option_logprob_from_vllm,
+    token_logprobs_from_vllm,
+)
+
+
+@dataclass
+class Logprob:  # vllm.logprobs.Logprob
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+@dataclass
+class CompletionOutput:  # vllm.outputs.CompletionOutput (fields we read)
+    index: int
+    text: str
+    token_ids: list[int]
+    cumulative_logprob: float | None
+    logprobs: list[dict[int, Logprob]] | None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+
+@dataclass
+class RequestOutput:  # vllm.outputs.RequestOutput (fields we read)
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    prompt_logprobs: list[dict[int, Logprob] | None] | None
+    outputs: list[CompletionOutput] = field(default_factory=list)
+    finished: bool = True
+
+
+def test_vllm_is_not_imported_by_the_module():
+    """Importing the backend module (and load_backend's package) must not need vLLM."""
+    assert "vllm" not in sys.modules
+    importlib.import_module("potstill.teacher")
+    assert "vllm" not in sys.modules
+
+
+def test_sample_logprobs_with_sampled_token_outside_top_k():
+    # k=2: each position holds the top 2 plus the sampled token when it ranks lower (vLLM's behaviour)
+    logprobs = [
+        {5: Logprob(-0.1, 1, " yes"), 9: Logprob(-2.5, 2, " no")},
+        {7: Logprob(-0.7, 1, "!"), 3: Logprob(-0.9, 2, "."), 11: Logprob(-3.0, 6, "?")},
+    ]
+    out = CompletionOutput(0, " yes?", [5, 11], -3.1, logprobs, "length")
+    gen = generation_from_vllm(out, k=2)
+    assert gen.text == " yes?" and gen.finish_reason == "length"
+    assert [t.token_id for t in gen.tokens] == [5, 11]
+    assert [t.token for t in gen.tokens] == [" yes", "?"]
+    assert [t.logprob for t in gen.tokens] == [-0.1, -3.0]
+    assert gen.tokens[0].top == ((5, -0.1), (9, -2.5))
+    assert gen.tokens[1].top == ((7, -0.7), (3, -0.9))  # the sampled token is not among the top 2
+    assert gen.mean_logprob == pytest.approx(-1.55)
+
+
+def test_no_logprobs_requested_gives_text_only_and_k0_gives_no_alternatives():
+    assert generation_from_vllm(CompletionOutput(0, "hi", [1], None, None, "stop"), k=0).tokens == ()
+    out = CompletionOutput(0, "a", [4], -0.2, [{4: Logprob(-0.2, 1, "a")}], "stop")
+    (tok,) = generation_from_vllm(out, k=0).tokens
+    assert tok.top == () and tok.logprob == -0.2
+
+
+def test_missing_sampled_token_is_an_error():
+    with pytest.raises(ValueError, match="sampled token"):
+        token_logprobs_from_vllm([4], [{5: Logprob(-0.1, 1, "b")}], k=1)
+
+
+def test_samples_in_index_order():
+    outs = [CompletionOutput(i, t, [i], None, None, "stop") for i, t in ((1, "b"), (0, "a"), (2, "c"))]
+    req = RequestOutput("r", "p", [1, 2], None, outs)
+    assert [g.text for g in generations_from_vllm(req, k=0)] == ["a", "b", "c"]
+
+
+def test_option_logprob_sums_prompt_logprobs_after_the_prompt():
+    # prompt tokens [10, 11] + option tokens [12, 13]; prompt_logprobs=0 still includes the actual token
+    plps = [
+        None,
+        {11: Logprob(-1.0, 3)},
+        {12: Logprob(-0.5, 1)},
+        {13: Logprob(-0.25, 2), 99: Logprob(-0.2, 1)},
+    ]
+    req = RequestOutput("r", None, [10, 11, 12, 13], plps, [CompletionOutput(0, "x", [1], None, None)])
+    assert option_logprob_from_vllm(req, option_start=2) == pytest.approx(-0.75)
+    assert option_logprob_from_vllm(req, option_start=1) == pytest.approx(-1.75)
+    with pytest.raises(ValueError):
+        option_logprob_from_vllm(req, option_start=0)  # the first token has no logprob
+    with pytest.raises(ValueError):
+        option_logprob_from_vllm(RequestOutput("r", None, [1, 2], None), option_start=1)
