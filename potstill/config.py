@@ -79,6 +79,27 @@ class TeacherConfig(_Section):
     shard_rows: int = Field(
         64, ge=1, description="Rows per result shard: a killed run resumes from the finished shards."
     )
+    backend: Literal["transformers", "openai", "vllm"] = Field(
+        "transformers",
+        description="`transformers`: in process; `openai`: any OpenAI-compatible server at `base_url` "
+        "(key from POTSTILL_TEACHER_API_KEY or OPENAI_API_KEY, never from this file); `vllm`: the offline "
+        "engine (GPU host, own environment).",
+    )
+    base_url: str | None = Field(None, description="openai backend: e.g. http://127.0.0.1:8000/v1")
+    max_concurrency: int = Field(8, ge=1, description="openai backend: requests in flight at most.")
+    timeout_s: float = Field(60.0, gt=0, description="openai backend: per-request timeout.")
+    max_retries: int = Field(
+        4, ge=0, description="openai backend: retries on 429/5xx/timeouts, with backoff."
+    )
+    score_mode: Literal["echo", "first_token"] = Field(
+        "echo",
+        description="openai backend: `echo` scores options from prompt log-probs (exact); `first_token` "
+        "reads them from the first generated token's top alternatives (single-token options only).",
+    )
+    chat: bool = Field(False, description="openai backend: use /chat/completions instead of /completions.")
+    device: str | None = Field(None, description="transformers backend: cpu, cuda, cuda:1 (null: cpu).")
+    dtype: str | None = Field(None, description="transformers/vllm: e.g. bfloat16 (null: bf16 on GPU).")
+    compile: bool = Field(False, description="transformers backend: static cache + torch.compile.")
 
 
 class RouteConfig(_Section):

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 from tqdm.auto import tqdm
@@ -43,6 +44,14 @@ def _teacher_identity(spec: str) -> str:
     return spec + "|" + "|".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
 
 
+def teacher_identity(cfg: TeacherConfig) -> str:
+    """What makes two labelings the same teacher: the weights, or for a server its backend and URL."""
+    backend = getattr(cfg, "backend", "transformers")
+    if backend == "transformers":
+        return _teacher_identity(cfg.model)
+    return f"{cfg.model}|{backend}@{cfg.base_url}|{cfg.score_mode}"  # a served model: its name and server
+
+
 def kind_spec(cfg: TeacherConfig, labels: list[str]) -> KindSpec:
     """The labeling settings of `cfg` (fields not in the config yet take KindSpec's defaults)."""
     store = bool(getattr(cfg, "store_signals", False))
@@ -64,7 +73,7 @@ def labeling_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
     cfg = parameters["cfg"]
     payload = {
         "rows": rows_digest(parameters["rows"]),
-        "teacher": _teacher_identity(cfg.model),
+        "teacher": teacher_identity(cfg),
         "prompt": parameters["prompt"].text,
         "spec": kind_spec(cfg, parameters["labels"]).digest_payload(),
         "signals": bool(getattr(cfg, "store_signals", False)),
@@ -74,11 +83,9 @@ def labeling_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
 
 
 def _backend(cfg: TeacherConfig) -> Any:
-    from potstill.teacher.transformers_backend import TransformersBackend
+    from potstill.teacher import load_backend
 
-    return TransformersBackend.from_spec(
-        cfg.model, batch_size=cfg.batch_size, reuse_prefix=cfg.reuse_prefix_cache
-    )
+    return load_backend(cfg)
 
 
 @task(name="label_with_teacher", cache_key_fn=labeling_cache_key, persist_result=True, retries=0)
@@ -94,7 +101,7 @@ def label_with_teacher(
     backend = _backend(cfg)
     unlabeled = [{k: v for k, v in r.items() if k != "label"} for r in rows]  # the teacher never sees gold
     identity = {
-        "teacher": _teacher_identity(cfg.model),
+        "teacher": teacher_identity(cfg),
         "prompt": prompt.digest,
         "rows": rows_digest(unlabeled),
     }
@@ -134,7 +141,8 @@ def label_with_teacher(
         logger.info(
             "teacher signals: %.0f bytes/token (top-%d)", result.signal_bytes_per_token, spec.top_logprobs
         )
-    model = backend.model
+    model = getattr(backend, "model", None)
+    model = model if isinstance(model, torch.nn.Module) else None  # in-process weights only
     return {
         "rows": labeled,
         "pred": [r["label"] for r in labeled],
@@ -145,8 +153,10 @@ def label_with_teacher(
         "shards_folder": str(folder),
         "signal_bytes_per_token": result.signal_bytes_per_token if store else None,
         "latency_ms": _latency_ms(backend, unlabeled, prompt, spec),
-        "params": count_parameters(model),
-        "size_mb": folder_size_bytes(Path(weights_location(cfg.model))) / 1e6,
+        "params": count_parameters(model) if model is not None else math.nan,
+        "size_mb": folder_size_bytes(Path(weights_location(cfg.model))) / 1e6
+        if model is not None
+        else math.nan,
     }
 
 

@@ -72,10 +72,10 @@ def test_dvc_repro_runs_the_pipeline_then_skips_it(prefect_api, project, tiny_mo
     )
     assert catalog.versions.latest("train_set").md5 == lock_md5  # the catalog and DVC name the same content
 
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
-    mv = MlflowClient().get_model_version_by_alias("potstill-student", "champion")
+    uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"  # both: earlier tests set another registry
+    mv = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(
+        "potstill-student", "champion"
+    )
     assert mv.tags["lineage.data.train_set"] == f"v1 md5:{lock_md5}"
 
     second = subprocess.run(["dvc", "repro"], cwd=project, env=env, capture_output=True, text=True)

@@ -128,3 +128,40 @@ def test_without_label_studio_the_run_writes_an_import_file(prefect_api, project
     assert all(t["predictions"][0]["score"] == t["data"]["confidence"] for t in tasks)
     assert (path.parent / "label_studio_import.label_config.xml").exists()
     assert "make review-server" in review_line(out["review"])
+
+
+def test_wait_until_done_returns_when_a_reviewer_answers(prefect_api, label_studio, monkeypatch):
+    """`review.wait: until_done` polls Label Studio until every routed row has its answer; `timeout`
+    gives up after `timeout_s` and says how many rows are still open."""
+    import threading
+    import time
+
+    from prefect import flow
+
+    from potstill.config import ReviewConfig
+    from potstill.review import ReviewProjectSpec, push_rows
+    from tasks.review import wait_for_reviews
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
+    spec = ReviewProjectSpec("wait", "p@v1", labels=("negative", "positive"), teacher="t")
+    rows = [{"id": f"w{i}", "text": f"text {i}", "label": "positive", "confidence": 0.5} for i in range(2)]
+    client = label_studio.client()
+    pid = push_rows(client, spec, rows).project_id
+    task_ids = {t.data["row_id"]: t.id for t in client._sdk.tasks.list(project=pid)}
+
+    @flow(validate_parameters=False)
+    def wait(cfg, ids):  # untyped: Prefect cannot resolve the test-local annotations
+        return wait_for_reviews(ids, spec, cfg)
+
+    timed_out = wait(ReviewConfig(wait="timeout", timeout_s=1, poll_s=0.5), ["w0", "w1"])
+    assert timed_out["pending"] == 2 and timed_out["waited_s"] >= 1
+
+    def reviewer() -> None:  # answers one row after the wait has started
+        time.sleep(2)
+        with label_studio.http() as http:
+            http.post(f"/api/tasks/{task_ids['w0']}/annotations/", json={"result": [_choice("negative")]})
+
+    threading.Thread(target=reviewer, daemon=True).start()
+    done = wait(ReviewConfig(wait="until_done", poll_s=0.5), ["w0"])
+    assert done["pending"] == 0 and done["waited_s"] >= 1.5

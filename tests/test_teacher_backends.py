@@ -263,3 +263,35 @@ def test_openai_first_token_score_mode_reads_top_alternatives(stub):
     (row,) = b.score(["x"], [[" negative", " positive", " neutral"]])
     assert row == [-1.8, -0.2, -math.inf]
     assert _Stub.seen[0]["body"]["logprobs"] == 20 and "echo" not in _Stub.seen[0]["body"]
+
+
+def test_label_task_through_the_openai_backend_on_llama_cpp(
+    prefect_api, llama_cpp_server, tmp_path, monkeypatch
+):
+    """`teacher.backend: openai` in the run config: the label task scores through the real server."""
+    from potstill.config import TeacherConfig
+    from potstill.prompts import PromptTemplate
+    from tasks.label import label_with_teacher
+
+    monkeypatch.setenv("POTSTILL_CACHE", str(tmp_path))  # fresh shard folders
+    cfg = TeacherConfig(
+        model=llama_cpp_server.model,
+        backend="openai",
+        base_url=llama_cpp_server.base_url,
+        score_mode="first_token",
+        max_concurrency=2,
+    )
+    prompt = PromptTemplate("t", "Review: a great film.\nSentiment: positive\n\nReview:{text}\nSentiment:")
+    rows = [{"id": f"r{i}", "text": t} for i, t in enumerate(["a wonderful movie", "dull and tedious"])]
+    from prefect import flow
+
+    @flow
+    def label() -> dict:
+        return label_with_teacher(rows, cfg, prompt, ["negative", "positive"], "test")
+
+    out = label()
+    assert [r["id"] for r in out["rows"]] == ["r0", "r1"]
+    for r in out["rows"]:
+        assert r["label"] in ("negative", "positive") and 0.5 <= r["confidence"] <= 1
+        assert sum(r["distribution"].values()) == pytest.approx(1.0)
+    assert math.isnan(out["params"])  # a server's weights are not ours to count

@@ -77,6 +77,7 @@ class ReviewClient:
         from label_studio_sdk import LabelStudio
 
         self.url = settings.url.rstrip("/")
+        self._deferred_teacher: dict[int, str] = {}  # project -> teacher to follow after the next import
         self._sdk = self._call(
             "connecting",
             lambda: LabelStudio(
@@ -145,10 +146,7 @@ class ReviewClient:
         if pid is not None:
             project = self._call("reading the project", lambda: self._sdk.projects.get(id=pid))
             if getattr(project, "model_version", None) != spec.teacher:
-                self._call(
-                    "updating the model version",
-                    lambda: self._sdk.projects.update(id=pid, model_version=spec.teacher),
-                )
+                self._follow_teacher(pid, spec.teacher)
             return pid
         created = self._call(
             "creating the project",
@@ -173,6 +171,20 @@ class ReviewClient:
         )
         log.info("created Label Studio project %r (id %s) at %s", spec.title, pid, self.url)
         return pid
+
+    def _follow_teacher(self, pid: int, teacher: str) -> None:
+        """Point uncertainty sampling at the new teacher's predictions. Label Studio refuses a model
+        version no prediction carries yet (a new teacher, same prompt version), so then it waits until
+        `import_tasks` has imported that teacher's predictions."""
+        try:
+            self._call(
+                "updating the model version", lambda: self._sdk.projects.update(id=pid, model_version=teacher)
+            )
+            self._deferred_teacher.pop(pid, None)
+        except ReviewServerError as e:
+            if isinstance(e, ReviewServerUnavailable) or "Model version doesn't exist" not in str(e):
+                raise
+            self._deferred_teacher[pid] = teacher
 
     def project_url(self, project_id: int) -> str:
         return f"{self.url}/projects/{project_id}/data"
@@ -209,6 +221,8 @@ class ReviewClient:
                 id=project_id, request=list(fresh.values()), return_task_ids=True
             ),
         )
+        if project_id in self._deferred_teacher:
+            self._follow_teacher(project_id, self._deferred_teacher[project_id])
         return ImportResult(
             project_id,
             created=int(response.task_count or 0),
