@@ -15,8 +15,7 @@ from prefect import flow, runtime
 from potstill.catalog import Catalog
 from potstill.config import config_hash, validate
 from potstill.env import find_project_root
-from potstill.review import ReviewClient
-from tasks.review import review_spec, sync_reviews
+from tasks.review import review_client, review_spec, sync_reviews
 from tasks.tracking import configure, experiment_id, tracking_uri
 
 
@@ -29,9 +28,10 @@ def review_sync(params: dict[str, Any] | None = None, project: str | None = None
     """Sync the review project of the current prompts dataset and teacher prompt version."""
     cfg = validate(params or {})
     root = Path(project).resolve() if project else find_project_root()
-    if ReviewClient.from_env() is None:
+    if review_client() is None:
         raise ReviewNotConfigured(
-            "Label Studio is not configured: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY "
+            "Label Studio is not configured: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (or "
+            "LABEL_STUDIO_API_KEY_BLOCK, a Prefect Secret block) "
             "(make review-server starts one on 127.0.0.1:8080)"
         )
     catalog = Catalog.from_file(root / "catalog" / "catalog.yaml", cfg.catalog)

@@ -7,6 +7,7 @@ never passes through a task parameter, so it cannot reach Prefect's stored param
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
 from typing import Any
@@ -20,11 +21,25 @@ from potstill.review import (
     ReviewClient,
     ReviewProjectSpec,
     ReviewServerUnavailable,
+    ReviewSettings,
     route_to_review,
     sync_outbox,
 )
 from potstill.review_merge import HumanAnnotation, merge_reviews
 from tasks.tracking import log_json, log_metrics
+
+
+def review_client() -> ReviewClient | None:
+    """Label Studio from LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or, for deployments that keep
+    secrets in Prefect, the key from the Secret block named by LABEL_STUDIO_API_KEY_BLOCK. None when
+    no server is configured (review rows go to an import file)."""
+    block = os.environ.get("LABEL_STUDIO_API_KEY_BLOCK")
+    url = os.environ.get("LABEL_STUDIO_URL")
+    if block and url and not os.environ.get("LABEL_STUDIO_API_KEY"):
+        from prefect.blocks.system import Secret
+
+        return ReviewClient(ReviewSettings(url=url.rstrip("/"), api_key=Secret.load(block).get()))
+    return ReviewClient.from_env()
 
 
 def review_spec(catalog: Catalog, dataset: str, prompt_version: str, teacher: str, per_row: int = 1):
@@ -76,7 +91,7 @@ def finished_row_ids(annotations: list[HumanAnnotation], per_row: int) -> set[st
 def wait_for_reviews(row_ids: list[str], spec: ReviewProjectSpec, cfg: ReviewConfig) -> dict[str, Any]:
     """Poll Label Studio until every row has its answers (`until_done`) or the timeout passes."""
     logger = get_run_logger()
-    client = ReviewClient.from_env()
+    client = review_client()
     if client is None or cfg.wait == "none" or not row_ids:
         return {"waited_s": 0.0, "pending": 0}
     start, wanted = time.monotonic(), set(row_ids)
@@ -103,7 +118,7 @@ def sync_reviews(
     tolerate_down: an unreachable server leaves the verdicts as they were (a distill run goes on with
     them); False raises (the scheduled sync flow should show as failed)."""
     logger = get_run_logger()
-    client = ReviewClient.from_env()
+    client = review_client()
     reviewed = load_reviewed(catalog)
     unchanged = {"rows": reviewed, "delivered": 0, "stats": None, "version": None, "pending": 0}
     if client is None:

@@ -165,3 +165,16 @@ def test_wait_until_done_returns_when_a_reviewer_answers(prefect_api, label_stud
     threading.Thread(target=reviewer, daemon=True).start()
     done = wait(ReviewConfig(wait="until_done", poll_s=0.5), ["w0"])
     assert done["pending"] == 0 and done["waited_s"] >= 1.5
+
+
+def test_api_key_from_a_prefect_secret_block(prefect_api, label_studio, monkeypatch):
+    from prefect.blocks.system import Secret
+
+    from tasks.review import review_client
+
+    Secret(value=label_studio.token).save("ls-token-test", overwrite=True)
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY_BLOCK", "ls-token-test")
+    client = review_client()
+    assert client is not None and client.whoami()["email"]
+    assert label_studio.token not in repr(client)
