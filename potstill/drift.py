@@ -37,6 +37,7 @@ class DriftConfig:
     domain_auc_threshold: float = 0.7
     domain_cv_folds: int = 5
     max_disagreement_increase: float = 0.05
+    disagreement_alpha: float = 0.05
     n_permutations: int = 500
     # MMD costs O(n²) memory and time per permutation: larger windows are subsampled (seeded) to this.
     mmd_max_samples: int = 1000
@@ -48,7 +49,7 @@ class DriftConfig:
         unknown = set(self.checks) - set(CHECKS)
         if unknown:
             raise ValueError(f"unknown drift checks {sorted(unknown)}; known: {list(CHECKS)}")
-        for name in ("mmd_alpha", "chi2_alpha", "ks_alpha"):
+        for name in ("mmd_alpha", "chi2_alpha", "ks_alpha", "disagreement_alpha"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"DriftConfig.{name} must be in (0, 1), got {getattr(self, name)!r}")
         if self.correction not in ("bonferroni", "none"):
@@ -321,7 +322,8 @@ def drift_report(reference: DriftSample, current: DriftSample, cfg: DriftConfig 
 
 
 def correct(checks: list[DriftCheck], correction: str = "bonferroni") -> list[DriftCheck]:
-    """Bonferroni: each of the m p-value checks drifts only when p < alpha / m (family-wise alpha)."""
+    """Bonferroni: each of the m p-value checks drifts only when p < alpha / m (family-wise alpha), on
+    top of any other condition it has (the disagreement check also needs its margin)."""
     m = sum(c.p_value is not None for c in checks)
     if correction != "bonferroni" or m < 2:
         return checks
@@ -329,7 +331,7 @@ def correct(checks: list[DriftCheck], correction: str = "bonferroni") -> list[Dr
         replace(
             c,
             threshold=c.threshold / m,
-            drifted=c.p_value < c.threshold / m,
+            drifted=c.drifted and c.p_value < c.threshold / m,  # keeps a check's other conditions
             detail=f"{c.detail} (Bonferroni: alpha {c.threshold:g}/{m})",
         )
         if c.p_value is not None
@@ -425,15 +427,28 @@ def _check_ks(reference: DriftSample, current: DriftSample, cfg: DriftConfig) ->
     return DriftCheck("ks", d, p, cfg.ks_alpha, drifted, detail)
 
 
+def disagreement_p_value(reference: Disagreement, current: Disagreement) -> float:
+    """One-sided Fisher exact test that the current window disagrees more often than the reference: the
+    samples are small (tens of teacher-labelled rows), where a normal approximation is poor."""
+    table = [
+        [current.disagreeing, current.rows - current.disagreeing],
+        [reference.disagreeing, reference.rows - reference.disagreeing],
+    ]
+    return float(stats.fisher_exact(table, alternative="greater").pvalue)
+
+
 def _check_disagreement(reference: DriftSample, current: DriftSample, cfg: DriftConfig) -> DriftCheck | str:
+    """Drifted when the rate rose by more than `max_disagreement_increase` (a change worth acting on)
+    and the rise is unlikely to be sampling noise (Fisher p < `disagreement_alpha`)."""
     ref, cur = reference.disagreement, current.disagreement
     if ref is None or cur is None or not ref.rows or not cur.rows:
         return "no teacher-labelled sample in a window"
     limit = ref.rate + cfg.max_disagreement_increase
-    drifted = cur.rate > limit
+    p = disagreement_p_value(ref, cur)
+    drifted = cur.rate > limit and p < cfg.disagreement_alpha
     detail = (
         f"teacher–student disagreement {cur.rate:.1%} ({cur.disagreeing}/{cur.rows}) vs reference "
-        f"{ref.rate:.1%} ({ref.disagreeing}/{ref.rows}): {'above' if drifted else 'within'} the limit "
-        f"{limit:.1%} (reference + {cfg.max_disagreement_increase:.1%})"
+        f"{ref.rate:.1%} ({ref.disagreeing}/{ref.rows}): {'above' if cur.rate > limit else 'within'} the "
+        f"limit {limit:.1%} (reference + {cfg.max_disagreement_increase:.1%}), Fisher p {p:.3g}"
     )
-    return DriftCheck("disagreement", cur.rate, None, limit, drifted, detail)
+    return DriftCheck("disagreement", cur.rate, p, cfg.disagreement_alpha, drifted, detail)

@@ -216,13 +216,34 @@ def test_report_flags_only_the_checks_that_drifted_and_names_them():
     assert "p 80.0%" in report.check("psi").detail
 
 
+def fisher_greater_naive(a: int, b: int, c: int, d: int) -> float:
+    """P(X >= a) for the top-left cell of [[a, b], [c, d]] with fixed margins (hypergeometric)."""
+    row, col, n = a + b, a + c, a + b + c + d
+    return sum(
+        math.comb(col, k) * math.comb(n - col, row - k) for k in range(a, min(row, col) + 1)
+    ) / math.comb(n, row)
+
+
+def test_disagreement_p_value_is_the_one_sided_fisher_test():
+    from potstill.drift import disagreement_p_value
+
+    got = disagreement_p_value(Disagreement(10, 32), Disagreement(14, 32))
+    assert got == pytest.approx(fisher_greater_naive(14, 18, 10, 22))
+    assert 0.2 < got < 0.3  # 14/32 vs 10/32: above a +5% margin, but well within sampling noise
+
+
 def test_report_disagreement_and_confidence_drift():
-    # reference disagreement 27/200 = 13.5%, limit 18.5%; current 20/100 = 20% → drifted
-    cur = sample("p" * 100 + "n" * 100, list(RNG.uniform(0.3, 0.7, 200)), 20, 100)
+    # reference disagreement 27/200 = 13.5%, limit 18.5%; current 35/100 = 35% and Fisher p ~ 1e-5
+    cur = sample("p" * 100 + "n" * 100, list(RNG.uniform(0.3, 0.7, 200)), 35, 100)
     report = drift_report(REF, cur, DriftConfig(n_permutations=100))
     dis = report.check("disagreement")
-    assert dis.drifted and dis.statistic == pytest.approx(0.20) and dis.threshold == pytest.approx(0.185)
-    assert "20.0% (20/100) vs reference 13.5% (27/200)" in dis.detail
+    assert dis.drifted and dis.statistic == pytest.approx(0.35)
+    assert dis.p_value == pytest.approx(fisher_greater_naive(35, 65, 27, 173))
+    assert "35.0% (35/100) vs reference 13.5% (27/200)" in dis.detail
+    noisy = drift_report(
+        REF, sample("p" * 100 + "n" * 100, REF_CONF, 20, 100), DriftConfig(n_permutations=100)
+    )
+    assert not noisy.check("disagreement").drifted  # 20% > 18.5% limit, but p ~ 0.09: not significant
     assert report.check("ks").drifted and report.check("ks").p_value < 0.05
     assert report.skipped == ["mmd: no embeddings in a window"]
 
