@@ -15,14 +15,11 @@ from potstill.drift import (
     DriftConfig,
     DriftSample,
     confidence_ks,
-    domain_classifier_auc,
     drift_report,
     label_chi2,
-    median_bandwidth,
-    mmd2_unbiased,
-    mmd_permutation_test,
     psi,
 )
+from potstill.input_drift import domain_classifier_auc, median_bandwidth, mmd2_unbiased, mmd_permutation_test
 
 # --- PSI ------------------------------------------------------------------------------------------
 
