@@ -37,6 +37,10 @@ def distill(params: dict[str, Any] | None = None, project: str | None = None) ->
     catalog = Catalog.from_file(root / "catalog" / "catalog.yaml", cfg.catalog)
     client = configure(root)
     teacher_prompt, student_prompt = catalog.prompt(cfg.teacher.prompt), catalog.prompt(cfg.student.prompt)
+    # The training prompts' labeling gives what the method needs (logit_offline: signals; step_by_step:
+    # rationales); the gold split is labeled as configured.
+    teacher = cfg.teacher.for_method(cfg.distill.method)
+    rationale_prompt = catalog.prompt(teacher.rationale_prompt) if teacher.rationale else None
     run = client.create_run(
         experiment_id(client, cfg.registry.experiment, root),
         run_name=str(runtime.flow_run.name or "distill"),
@@ -49,7 +53,9 @@ def distill(params: dict[str, Any] | None = None, project: str | None = None) ->
     )
     run_id = run.info.run_id
     prompt_versions = {
-        p.name: catalog.prompt_version(p.name, run_id) for p in (teacher_prompt, student_prompt)
+        p.name: catalog.prompt_version(p.name, run_id)
+        for p in (teacher_prompt, student_prompt, rationale_prompt)
+        if p is not None
     }
     for name, record in prompt_versions.items():
         client.set_tag(run_id, f"prompt.{name}", f"{record.name} md5:{record.md5}")
@@ -80,7 +86,9 @@ def distill(params: dict[str, Any] | None = None, project: str | None = None) ->
             inputs.gold.row_numbers,
             from_read_result(inputs.gold),
         )
-        labeled = label_with_teacher(prompts.rows, cfg.teacher, teacher_prompt, inputs.labels, "prompts")
+        labeled = label_with_teacher(
+            prompts.rows, teacher, teacher_prompt, inputs.labels, "prompts", rationale_prompt
+        )
         teacher_gold = label_with_teacher(gold.rows, cfg.teacher, teacher_prompt, inputs.labels, "gold")
         checked = validate_dataset(catalog, "teacher_labels", labeled["rows"], run_id, limits, keep)
         version = prompt_versions[teacher_prompt.name].name
@@ -111,7 +119,15 @@ def distill(params: dict[str, Any] | None = None, project: str | None = None) ->
         }
         base = build_student(cfg, student_prompt, inputs.labels, catalog.path("student_base"))
         base_eval = predict_gold(base, gold.rows, cfg.student.eval_batch_size, "student (untrained)")
-        trained = train_student(base, train_set.rows, cfg, catalog.path("student"), run_id)
+        trained = train_student(
+            base,
+            train_set.rows,
+            cfg,
+            catalog.path("student"),
+            run_id,
+            teacher_prompt,  # online methods prompt the teacher as it labeled
+            labeled.get("signals_dir"),  # logit_offline: the teacher's stored top-k shards
+        )
         student_eval = predict_gold(trained["folder"], gold.rows, cfg.student.eval_batch_size, "student")
         metrics = evaluate(gold.rows, inputs.labels, teacher_gold, base_eval, student_eval, run_id)
         stored["eval_report"] = store_entry(catalog, "eval_report", {"metrics": metrics}, run_id)

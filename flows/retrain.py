@@ -126,7 +126,12 @@ def retrain(
         batch_size = cfg.student.eval_batch_size
         before = predict_gold(champion["folder"], gold.rows, batch_size, "champion")
         trained = train_student(
-            champion["folder"], merged["train_rows"], continued, catalog.path("student"), run_id
+            champion["folder"],
+            merged["train_rows"],
+            continued,
+            catalog.path("student"),
+            run_id,
+            teacher_prompt,
         )
         after = predict_gold(trained["folder"], gold.rows, batch_size, "retrained student")
         metrics = evaluate(gold.rows, labels, teacher_gold, before, after, run_id)

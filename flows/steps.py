@@ -79,8 +79,8 @@ def distill_step(
         if step == "prepare":
             out.update(prompts=len(prompts.rows), gold=len(gold.rows))
         elif step == "label":
+            labeled = _label_prompts(catalog, cfg, prompts.rows, labels)
             teacher_prompt = catalog.prompt(cfg.teacher.prompt)
-            labeled = label_with_teacher(prompts.rows, cfg.teacher, teacher_prompt, labels, "prompts")
             teacher_gold = label_with_teacher(gold.rows, cfg.teacher, teacher_prompt, labels, "gold")
             checked = validate_dataset(catalog, "teacher_labels", labeled["rows"], run_id, limits, keep)
             store_entry(catalog, "teacher_labels", checked.rows, run_id)
@@ -114,7 +114,16 @@ def distill_step(
             base = build_student(
                 cfg, catalog.prompt(cfg.student.prompt), labels, catalog.path("student_base")
             )
-            trained = train_student(base, train_set.rows, cfg, catalog.path("student"), run_id)
+            # logit_offline reads the label step's signal shards: labeling again finds every shard done
+            signals = (
+                _label_prompts(catalog, cfg, prompts.rows, labels)["signals_dir"]
+                if cfg.distill.method == "logit_offline"
+                else None
+            )
+            trained = train_student(
+                base, train_set.rows, cfg, catalog.path("student"), run_id,
+                catalog.prompt(cfg.teacher.prompt), signals,
+            )  # fmt: skip
             out.update(steps=trained["steps"], tokens_per_s=trained["tokens_per_s"])
         elif step == "evaluate":
             by_id = {r["id"]: r["label"] for r in catalog.load("teacher_gold_labels")}
@@ -145,6 +154,17 @@ def distill_step(
         raise
     client.set_terminated(run_id, "FINISHED")
     return out
+
+
+def _label_prompts(
+    catalog: Catalog, cfg: RunConfig, rows: list[dict[str, Any]], labels: list[str]
+) -> dict[str, Any]:
+    """Label the training prompts with what `distill.method` needs (signals, rationales), like the flow."""
+    teacher = cfg.teacher.for_method(cfg.distill.method)
+    rationale_prompt = catalog.prompt(teacher.rationale_prompt) if teacher.rationale else None
+    return label_with_teacher(
+        rows, teacher, catalog.prompt(cfg.teacher.prompt), labels, "prompts", rationale_prompt
+    )
 
 
 def _version(catalog: Catalog, name: str) -> str:

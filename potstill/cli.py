@@ -140,12 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the lineage recorded on a registered model version and how to get each part back.",
     )
     p.add_argument("model", help="MODEL@ALIAS, e.g. potstill-student@champion")
+    p = sub.add_parser(
+        "train-worker",
+        help="internal: one rank of multi-process training, started by `accelerate launch` "
+        "(student.num_processes > 1; see potstill/launch.py)",
+    )
+    p.add_argument("spec", type=Path, help="spec.json written by potstill.launch.write_spec")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     root = apply_defaults(args.project.resolve() if args.project else find_project_root())
+    if args.command == "train-worker":
+        from potstill.launch import run_worker
+
+        return run_worker(args.spec)
     if args.command == "init":
         catalog = _catalog(root)
         catalog.store.ensure()

@@ -72,10 +72,31 @@ class TeacherConfig(_Section):
     seed: int = Field(0, description="Sampling seed.")
     store_signals: bool = Field(
         False,
-        description="Store the top-k log-probabilities at every answer position (generative kinds) in "
-        "columnar shards for logit distillation.",
+        description="Store the top-k log-probabilities at every answer position in columnar shards beside "
+        "the label shards, for offline logit distillation: per generated token (generative kinds), or "
+        "teacher-forced on the chosen label + EOS (closed kinds). On by itself for distill.method "
+        "logit_offline.",
     )
     top_logprobs: int = Field(64, ge=1, description="k of the stored top-k log-probabilities.")
+    rationale: bool = Field(
+        False,
+        description="Also ask the teacher for a one-line explanation of each label (kept as `rationale` in "
+        "the label rows, the second target of distill.method step_by_step; on by itself for that method). "
+        "Math rows already carry their chain of thought.",
+    )
+    rationale_prompt: str = Field(
+        "teacher_rationale_prompt",
+        description="Catalog name of the rationale prompt: the row's fields plus `{label}` (the teacher's).",
+    )
+    rationale_max_new_tokens: int = Field(
+        48, ge=1, description="Longest rationale in tokens (greedy; it stops at the first newline)."
+    )
+    rationale_field: str | None = Field(
+        None,
+        description="Row field holding a human explanation (e.g. `explanation` in e-SNLI) to use as the "
+        "rationale where present and the row's `gold_label` (if any) agrees with the teacher; other rows "
+        "get a teacher rationale. Null: always the teacher's.",
+    )
     shard_rows: int = Field(
         64, ge=1, description="Rows per result shard: a killed run resumes from the finished shards."
     )
@@ -100,6 +121,36 @@ class TeacherConfig(_Section):
     device: str | None = Field(None, description="transformers backend: cpu, cuda, cuda:1 (null: cpu).")
     dtype: str | None = Field(None, description="transformers/vllm: e.g. bfloat16 (null: bf16 on GPU).")
     compile: bool = Field(False, description="transformers backend: static cache + torch.compile.")
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="`local`: shards labeled one after another in this process; `ray`: each shard is a "
+        "Prefect task on prefect-ray's RayTaskRunner, one teacher replica per Ray worker (needs a Prefect "
+        "server: PREFECT_API_URL). Same shard files, same labels.",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="ray executor: cluster address (`host:6379` or `ray://host:10001`); null: RAY_ADDRESS, "
+        "else a local Ray started for the run on 127.0.0.1.",
+    )
+    num_gpus: float = Field(
+        0.0,
+        ge=0,
+        description="ray executor: GPUs per teacher replica (a teacher larger than one GPU: the vllm "
+        "backend with tensor_parallel_size = num_gpus inside the replica).",
+    )
+    num_cpus: float = Field(
+        1.0, gt=0, description="ray executor: CPUs per teacher replica (also its torch thread count)."
+    )
+
+    def for_method(self, method: str) -> TeacherConfig:
+        """The teacher settings a distillation method needs: `logit_offline` trains on stored signals,
+        `step_by_step` on rationales; asking for the method is enough to get them."""
+        update: dict[str, Any] = {}
+        if method == "logit_offline" and not self.store_signals:
+            update["store_signals"] = True
+        if method == "step_by_step" and not self.rationale:
+            update["rationale"] = True
+        return self.model_copy(update=update) if update else self
 
 
 class RouteConfig(_Section):
@@ -175,6 +226,17 @@ class StudentConfig(_Section):
     use_cpu: bool = Field(True, description="Train on CPU even when an accelerator is visible.")
     logging_steps: int = Field(10, ge=1)
     eval_batch_size: int = Field(64, ge=1)
+    num_processes: int = Field(
+        1,
+        ge=1,
+        description="Training processes (ranks). >1: the train step runs `accelerate launch` with this many "
+        "ranks (potstill/launch.py); batch_size stays the global batch and must divide evenly.",
+    )
+    accelerate_config: str | None = Field(
+        None,
+        description="accelerate config file for num_processes > 1 (e.g. infra/accelerate/fsdp2.yaml); "
+        "null: DDP (`--multi_gpu`; over gloo on CPU with use_cpu).",
+    )
 
     @field_validator("layers")
     @classmethod
@@ -185,6 +247,87 @@ class StudentConfig(_Section):
             if len(set(v)) != len(v) or any(i < 0 for i in v):
                 raise ValueError(f"must be distinct non-negative layer indices, got {v}")
         return v
+
+
+class DistillConfig(_Section):
+    """How the student learns from the teacher (potstill/methods/): which method, its loss and LoRA.
+    Training length, batch size, learning rate and precision come from `student`."""
+
+    method: Literal["sft", "step_by_step", "logit_offline", "logit_online", "hidden_states", "on_policy"] = (
+        Field(
+            "sft",
+            description="`sft`: cross-entropy on the teacher's label; `step_by_step`: label + teacher "
+            "rationale as two tasks; `logit_offline`: the stored top-k teacher log-probs; "
+            "`logit_online`: the teacher in memory, full vocabulary; `hidden_states`: matched layers + "
+            "logits; `on_policy`: TRL's DistillationTrainer on the student's own generations. Logit and "
+            "hidden-state methods need the teacher's vocabulary.",
+        )
+    )
+    divergence: Literal["forward_kl", "reverse_kl", "jsd", "tv"] = Field(
+        "forward_kl",
+        description="Teacher-student divergence of the logit methods (on_policy: forward_kl, reverse_kl or "
+        "jsd, mapped onto TRL's generalized JSD beta).",
+    )
+    beta: float = Field(
+        0.5, ge=0.0, le=1.0, description="Generalized JSD mix (divergence jsd): 0 forward, 1 reverse KL."
+    )
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature of both sides (loss times T²).")
+    kd_weight: float = Field(1.0, ge=0, description="Weight of the divergence to the teacher.")
+    ce_weight: float = Field(
+        0.0, ge=0, description="Weight of cross-entropy on the teacher's label tokens beside the divergence."
+    )
+    chunk_size: int = Field(256, ge=1, description="Positions per LM-head chunk (memory: chunk × vocab).")
+    label_weight: float = Field(1.0, ge=0, description="step_by_step: weight of the label task.")
+    rationale_weight: float = Field(1.0, ge=0, description="step_by_step: weight of the rationale task.")
+    rationale_max_length: int = Field(
+        256, ge=8, description="step_by_step: prompt + rationale tokens of the rationale task (longer: cut)."
+    )
+    layer_map: list[tuple[int, int]] | None = Field(
+        None,
+        description="hidden_states: [student_layer, teacher_layer] pairs of decoder layers whose outputs are "
+        "matched (null: each layer of a pruned-teacher student to the layer it was cut from, else evenly "
+        "spaced with last to last).",
+    )
+    hidden_loss: Literal["mse", "cosine"] = Field(
+        "cosine", description="hidden_states: distance of (projected) student and teacher hidden states."
+    )
+    hidden_weight: float = Field(1.0, ge=0, description="hidden_states: weight of the hidden-state loss.")
+    lmbda: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="on_policy: share of batches on the student's own generations; the others use the "
+        "teacher's label as the completion (GKD's lambda; 1: fully on-policy, TRL's behaviour).",
+    )
+    max_new_tokens: int = Field(8, ge=1, description="on_policy: longest student generation in tokens.")
+    lora: bool = Field(False, description="Train LoRA adapters instead of all weights; merged before saving.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_target_modules: str | list[str] = Field(
+        "all-linear", description="Modules that get adapters: `all-linear` (all but the LM head) or names."
+    )
+
+    @model_validator(mode="after")
+    def _sane(self) -> DistillConfig:
+        m = self.method
+        if m == "step_by_step" and self.label_weight <= 0:
+            raise ValueError("step_by_step needs label_weight > 0: inference uses the label task")
+        if m in ("logit_offline", "logit_online") and self.kd_weight + self.ce_weight <= 0:
+            raise ValueError(f"{m}: kd_weight and ce_weight are both 0, nothing would be trained")
+        if m == "hidden_states" and self.hidden_weight + self.kd_weight + self.ce_weight <= 0:
+            raise ValueError("hidden_states: hidden_weight, kd_weight and ce_weight are all 0")
+        if m == "on_policy" and self.divergence == "tv":
+            raise ValueError("on_policy (generalized JSD) needs divergence forward_kl, reverse_kl or jsd")
+        if self.layer_map is not None:
+            if not self.layer_map:
+                raise ValueError("layer_map must name at least one [student, teacher] pair (or be null)")
+            if any(s < 0 or t < 0 for s, t in self.layer_map):
+                raise ValueError(f"layer_map entries must be layer indices >= 0, got {self.layer_map}")
+            students = [s for s, _ in self.layer_map]
+            if len(set(students)) != len(students):
+                raise ValueError(f"layer_map maps a student layer twice: {self.layer_map}")
+        return self
 
 
 class RegistryConfig(_Section):
@@ -323,6 +466,7 @@ class RunConfig(_Section):
     route: RouteConfig = Field(default_factory=RouteConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)

@@ -16,6 +16,10 @@ readable anywhere), so a shard of labels and its signals are written and resumed
 
 At k=64 a position costs 4 + 2 + 64·(4 + 2) + 2 = 392 bytes before compression; `write_signals` reports
 the measured bytes per token of the file it wrote.
+
+Generative kinds store the generated tokens; closed kinds (classification, NLI, multiple choice) store
+the chosen label's completion (" <label>" then EOS) teacher-forced, which is exactly what the student
+is trained on. `load_signals` reads a whole run folder back by row id for `potstill.methods.logit_offline`.
 """
 
 from __future__ import annotations
@@ -131,3 +135,21 @@ def read_signals(path: Path) -> list[RowSignals]:
         )
         for r, rid in enumerate(a["row_ids"])
     ]
+
+
+def signal_key(row_id: Any) -> str:
+    """How a row id is stored and looked up (JSON: `1` and `"1"` stay different ids)."""
+    return json.dumps(row_id)
+
+
+def load_signals(folder: Path) -> dict[str, RowSignals]:
+    """Every stored row of a labeling run folder (`shard-*.signals.npz`), keyed by `signal_key(id)`.
+    A folder without signal shards is an error that says what to turn on."""
+    folder = Path(folder)
+    paths = sorted(folder.glob("shard-*.signals.npz"))
+    if not paths:
+        raise FileNotFoundError(
+            f"no teacher signal shards (shard-*.signals.npz) in {folder}: label with teacher.store_signals "
+            "on (distill.method logit_offline turns it on)"
+        )
+    return {signal_key(r.row_id): r for path in paths for r in read_signals(path)}

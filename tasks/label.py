@@ -4,6 +4,11 @@ Two layers of reuse: the Prefect result cache returns a finished labeling at onc
 prompt and kind settings); below it, `potstill.shards` writes every finished shard to a run folder under
 the cache, so a run killed mid-way (OOM, preemption, Ctrl-C) resumes from its finished shards instead of
 starting over, and never labels a row twice.
+
+Teacher signals (`teacher.store_signals`: top-k log-probabilities per answer token, for every kind) are
+written beside each label shard and resumed with it; `shards_folder` in the result is where they live.
+Rationales (`teacher.rationale` with a rationale prompt) are generated inside the same shards, so they
+resume too.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from prefect.context import TaskRunContext
 from tqdm.auto import tqdm
 
 from potstill.config import TeacherConfig
-from potstill.kinds import GENERATIVE_KINDS, KindSpec, label_rows
+from potstill.kinds import GENERATIVE_KINDS, KindSpec, RationaleSpec, label_rows
 from potstill.models import (
     count_parameters,
     default_cache_dir,
@@ -69,15 +74,33 @@ def kind_spec(cfg: TeacherConfig, labels: list[str]) -> KindSpec:
     )
 
 
+def rationale_spec(cfg: TeacherConfig, template: PromptTemplate | None) -> RationaleSpec | None:
+    """The rationale settings when `cfg.rationale` is on and a rationale prompt was given."""
+    if not getattr(cfg, "rationale", False) or template is None:
+        return None
+    return RationaleSpec(
+        template,
+        max_new_tokens=int(getattr(cfg, "rationale_max_new_tokens", 48)),
+        field=getattr(cfg, "rationale_field", None),
+    )
+
+
+def _settings(spec: KindSpec, rationale: RationaleSpec | None) -> dict[str, Any]:
+    """What changes the records: the kind's settings, plus the rationale's when there is one (so runs
+    without rationales keep their run folders)."""
+    return {**spec.digest_payload(), **(rationale.digest_payload() if rationale else {})}
+
+
 def labeling_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     cfg = parameters["cfg"]
+    rationale = rationale_spec(cfg, parameters.get("rationale_prompt"))
     payload = {
         "rows": rows_digest(parameters["rows"]),
         "teacher": teacher_identity(cfg),
         "prompt": parameters["prompt"].text,
-        "spec": kind_spec(cfg, parameters["labels"]).digest_payload(),
+        "spec": _settings(kind_spec(cfg, parameters["labels"]), rationale),
         "signals": bool(getattr(cfg, "store_signals", False)),
-        "v": 2,
+        "v": 3,
     }
     return "label-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -90,15 +113,24 @@ def _backend(cfg: TeacherConfig) -> Any:
 
 @task(name="label_with_teacher", cache_key_fn=labeling_cache_key, persist_result=True, retries=0)
 def label_with_teacher(
-    rows: list[dict[str, Any]], cfg: TeacherConfig, prompt: PromptTemplate, labels: list[str], what: str
+    rows: list[dict[str, Any]],
+    cfg: TeacherConfig,
+    prompt: PromptTemplate,
+    labels: list[str],
+    what: str,
+    rationale_prompt: PromptTemplate | None = None,
 ) -> dict[str, Any]:
     """Label every row with the teacher (the kind's method); returns labeled rows and the throughput.
 
     Rows the teacher's output cannot be parsed for are kept with `parse_error: True` and confidence 0.
+    `rationale_prompt`: with `cfg.rationale`, each labeled row also gets `rationale` (the flow passes it
+    for the training prompts only: the gold split needs no explanations).
     """
     logger = get_run_logger()
     spec = kind_spec(cfg, labels)
-    backend = _backend(cfg)
+    rationale = rationale_spec(cfg, rationale_prompt)
+    on_ray = getattr(cfg, "executor", "local") == "ray"
+    backend = None if on_ray else _backend(cfg)  # on Ray the teacher is loaded in the workers only
     unlabeled = [{k: v for k, v in r.items() if k != "label"} for r in rows]  # the teacher never sees gold
     identity = {
         "teacher": teacher_identity(cfg),
@@ -110,19 +142,38 @@ def label_with_teacher(
         identity["teacher"],
         prompt.digest,
         identity["rows"],
-        spec.digest_payload(),
+        _settings(spec, rationale),
     )
-    store = bool(getattr(cfg, "store_signals", False)) and spec.kind in GENERATIVE_KINDS
-    with tqdm(total=len(rows), desc=f"teacher labels {what}", unit="row") as bar:
-        result = label_sharded(
-            unlabeled,
-            lambda shard: label_rows(backend, shard, prompt, spec),
-            folder,
-            int(getattr(cfg, "shard_rows", DEFAULT_SHARD_ROWS)),
-            identity={**identity, "spec": spec.digest_payload()},
-            signals_top_k=spec.top_logprobs if store else None,
-            progress=bar.update,
-        )
+    store = bool(getattr(cfg, "store_signals", False))
+    ray_run = None
+    if on_ray:  # teacher.executor: ray — the same shards, each one a Prefect task on a Ray worker
+        from functools import partial
+
+        from tasks.label_ray import label_on_ray
+
+        with tqdm(total=len(rows), desc=f"teacher labels {what} (ray)", unit="row") as bar:
+            ray_run = label_on_ray(
+                unlabeled,
+                cfg,
+                partial(label_rows, template=prompt, spec=spec, rationale=rationale),
+                folder,
+                identity={**identity, "spec": _settings(spec, rationale)},
+                signals_top_k=spec.top_logprobs if store else None,
+                latency_fn=partial(_latency_ms, rows=unlabeled[:16], prompt=prompt, spec=spec),
+                progress=bar.update,
+            )
+        result = ray_run.result
+    else:
+        with tqdm(total=len(rows), desc=f"teacher labels {what}", unit="row") as bar:
+            result = label_sharded(
+                unlabeled,
+                lambda shard: label_rows(backend, shard, prompt, spec, rationale),
+                folder,
+                int(getattr(cfg, "shard_rows", DEFAULT_SHARD_ROWS)),
+                identity={**identity, "spec": _settings(spec, rationale)},
+                signals_top_k=spec.top_logprobs if store else None,
+                progress=bar.update,
+            )
     labeled = [{**r, "teacher": cfg.model, "prompt_digest": prompt.digest} for r in result.records]
     rate = result.rows_per_s if result.labeled_rows else math.nan
     failures = sum(1 for r in labeled if r.get("parse_error"))
@@ -139,8 +190,14 @@ def label_with_teacher(
     )
     if store:
         logger.info(
-            "teacher signals: %.0f bytes/token (top-%d)", result.signal_bytes_per_token, spec.top_logprobs
+            "teacher signals: %.0f bytes/token (top-%d) in %s",
+            result.signal_bytes_per_token,
+            spec.top_logprobs,
+            folder,
         )
+    if rationale is not None:
+        given = sum(1 for r in labeled if r.get("rationale"))
+        logger.info("rationales: %d of %d rows (%s)", given, len(labeled), rationale.template.name)
     model = getattr(backend, "model", None)
     model = model if isinstance(model, torch.nn.Module) else None  # in-process weights only
     return {
@@ -152,11 +209,13 @@ def label_with_teacher(
         "parse_errors": failures,
         "shards_folder": str(folder),
         "signal_bytes_per_token": result.signal_bytes_per_token if store else None,
-        "latency_ms": _latency_ms(backend, unlabeled, prompt, spec),
+        "signals_dir": str(folder) if store else None,
+        "latency_ms": math.nan if on_ray else _latency_ms(backend, unlabeled, prompt, spec),
         "params": count_parameters(model) if model is not None else math.nan,
         "size_mb": folder_size_bytes(Path(weights_location(cfg.model))) / 1e6
         if model is not None
         else math.nan,
+        **(ray_run.probe if ray_run else {}),  # on Ray: latency and size measured on a replica
     }
 
 

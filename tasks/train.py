@@ -7,16 +7,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from potstill.classifier import Classifier
 from potstill.config import RunConfig
+from potstill.launch import launch_training
+from potstill.methods import DistillInputs
+from potstill.methods import train as distill_student
 from potstill.models import default_cache_dir, load_model
 from potstill.prompts import PromptTemplate
 from potstill.student import prune_layers
-from potstill.train import train_student as distill_responses
 from tasks.tracking import log_metrics
+
+# Logged per logging step as `train_<key>`: the trainer's own numbers, tokens/s and the loss parts of the
+# distillation method (kd_loss, ce_loss, hidden_loss, rationale_loss; see potstill/methods/common.py).
+TRAIN_LOG_KEYS = ("loss", "grad_norm", "learning_rate", "tokens_per_s")
 
 
 @task(name="build_student", cache_policy=NO_CACHE)
@@ -37,32 +44,58 @@ def build_student(cfg: RunConfig, prompt: PromptTemplate, labels: list[str], fol
 
 @task(name="train_student", cache_policy=NO_CACHE)
 def train_student(
-    base: Path, train_rows: list[dict[str, Any]], cfg: RunConfig, folder: Path, run_id: str
+    base: Path,
+    train_rows: list[dict[str, Any]],
+    cfg: RunConfig,
+    folder: Path,
+    run_id: str,
+    teacher_prompt: PromptTemplate | None = None,
+    signals_dir: Path | str | None = None,
 ) -> dict[str, Any]:
+    """Distill into the saved base student with `cfg.distill.method`; online methods load the teacher
+    (`cfg.teacher.model`) themselves, logit_offline reads the teacher's signals from `signals_dir`."""
     torch.manual_seed(cfg.data.seed)
-    student = Classifier.load(base)
+    MlflowClient().set_tag(run_id, "potstill.distill_method", cfg.distill.method)
 
     def on_log(step: int, logs: dict[str, float]) -> None:
-        keep = {
-            f"train_{k}": v
-            for k, v in logs.items()
-            if k in ("loss", "grad_norm", "learning_rate", "tokens_per_s")
-        }
+        keep = {f"train_{k}": v for k, v in logs.items() if k in TRAIN_LOG_KEYS or k.endswith("_loss")}
         if keep:
             log_metrics(run_id, keep, step)
 
-    result = distill_responses(
-        student.model,
-        student.tokenizer,
-        train_rows,
-        student.prompt,
-        cfg.student,
-        default_cache_dir() / "trainer" / run_id,
-        seed=cfg.data.seed,
-        on_log=on_log,
-    )
-    shutil.rmtree(folder, ignore_errors=True)
-    student.save(folder)
+    if cfg.student.num_processes > 1:
+        # N ranks under `accelerate launch` (potstill/launch.py); rank 0 saves the student into `folder`
+        result = launch_training(
+            base,
+            train_rows,
+            cfg,
+            folder,
+            default_cache_dir() / "trainer" / run_id,
+            seed=cfg.data.seed,
+            on_log=on_log,
+            teacher_prompt=teacher_prompt,
+            signals_dir=Path(signals_dir) if signals_dir else None,
+            echo=get_run_logger().info,
+        )
+    else:
+        student = Classifier.load(base)
+        result = distill_student(
+            DistillInputs(
+                model=student.model,
+                tokenizer=student.tokenizer,
+                rows=train_rows,
+                prompt=student.prompt,
+                student=cfg.student,
+                distill=cfg.distill,
+                output_dir=default_cache_dir() / "trainer" / run_id,
+                seed=cfg.data.seed,
+                on_log=on_log,
+                teacher_model=cfg.teacher.model,
+                teacher_prompt=teacher_prompt,
+                signals_dir=Path(signals_dir) if signals_dir else None,
+            )
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+        student.save(folder)
     shutil.rmtree(default_cache_dir() / "trainer" / run_id, ignore_errors=True)
     log_metrics(
         run_id,
@@ -74,7 +107,8 @@ def train_student(
         },
     )
     get_run_logger().info(
-        "trained %d steps on %d rows in %.0fs (%.0f tokens/s)",
+        "trained (%s) %d steps on %d rows in %.0fs (%.0f tokens/s)",
+        result.method,
         result.steps,
         result.examples,
         result.seconds,
@@ -86,4 +120,5 @@ def train_student(
         "seconds": result.seconds,
         "tokens_per_s": result.tokens_per_s,
         "final_loss": result.final_loss,
+        "method": result.method,
     }

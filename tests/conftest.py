@@ -51,14 +51,16 @@ def tokenizer(smollm_folder: Path):
     return prepare_tokenizer(AutoTokenizer.from_pretrained(smollm_folder))
 
 
-def build_tiny_llama(folder: Path, tokenizer, layers: int = 4, seed: int = 0) -> Path:
+def build_tiny_llama(
+    folder: Path, tokenizer, layers: int = 4, seed: int = 0, hidden: int = 64, vocab_size: int | None = None
+) -> Path:
     if (folder / "config.json").exists():
         return folder
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        vocab_size=vocab_size or len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -216,3 +218,75 @@ def llama_cpp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Llama
 
 
 # ---- end llama.cpp server
+
+
+# ---- services on real backends: PostgreSQL, S3 (moto), MLflow server, Prefect server + worker, Ray head,
+# ---- started once per session by infra/services/services.sh on free 127.0.0.1 ports (see its README)
+
+SERVICES_SCRIPT = ROOT / "infra" / "services" / "services.sh"
+
+
+@dataclass
+class Services:
+    """The running services: `env` holds the variables the script wrote to its env file (what a user
+    loads from infra/.env), `script_env` what the script itself runs with."""
+
+    state: Path
+    env: dict[str, str] = field(repr=False)
+    script_env: dict[str, str] = field(repr=False)
+
+    def script(self, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            ["bash", str(SERVICES_SCRIPT), command],
+            env=self.script_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if done.returncode != 0:
+            pytest.fail(f"services.sh {command} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def client_env(self) -> dict[str, str]:
+        """This test process's environment plus the env file: what `potstill run` sees after
+        `set -a; . infra/.env`."""
+        return {**os.environ, **self.env}
+
+    def pids(self) -> dict[str, int]:
+        """Service name -> PID of the process the script started (from its PID files)."""
+        return {p.stem: int(p.read_text()) for p in self.state.glob("*.pid")}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if line and line[0] != "#")
+    return {key: value for key, value in pairs}
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    state = tmp_path_factory.mktemp("services")
+    ports = {name: _free_port() for name in ("PG", "S3", "MLFLOW", "PREFECT", "RAY", "RAY_CLIENT")}
+    script_env = {
+        **os.environ,
+        "POTSTILL_SERVICES_DIR": str(state),
+        "POTSTILL_SERVICES_ENV_FILE": str(state / "services.env"),
+        **{f"POTSTILL_{name}_PORT": str(port) for name, port in ports.items()},
+        "POTSTILL_RAY_NUM_CPUS": "2",
+        # A deployment run starts within ~1 s instead of the worker's default 10 s polling.
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+    }
+    running = Services(state, {}, script_env)
+    try:
+        running.script("up", timeout=900)  # includes installing PostgreSQL on a fresh machine
+        running.env = read_env_file(state / "services.env")
+        yield running
+    finally:
+        running.script("down", timeout=180)
+        # PostgreSQL's data dir and Ray's temp dir may live outside `state` (see services.sh)
+        for record in (state / "postgres.root", state / "ray.tmpdir"):
+            if record.exists() and not Path(record.read_text().strip()).is_relative_to(state):
+                shutil.rmtree(record.read_text().strip(), ignore_errors=True)
+
+
+# ---- end services

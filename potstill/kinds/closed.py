@@ -5,6 +5,10 @@ log-probabilities are normalised over the row's options: the argmax is the label
 confidence, and the whole distribution is kept. Scoring instead of generating means the answer is always
 one of the options, so a closed kind only has a parse error when the row itself is unusable (a missing
 prompt field, fewer than two choices).
+
+With `spec.top_logprobs` > 0 the chosen option's teacher-forced tokens (" <option>" then EOS, each with
+its top-k alternatives over the full vocabulary) travel with the record (`Labeled.tokens`), read from the
+scoring forward itself (`SignalScorer.score_with_signals`), so `potstill.shards` stores them as signals.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Any
 
 from potstill.kinds.common import KindSpec, Labeled, normalise, ok, parse_failure, render
 from potstill.prompts import PromptError, PromptTemplate, label_completion
-from potstill.teacher.base import TeacherBackend
+from potstill.teacher.base import SignalScorer, TeacherBackend, TokenLogprobs
 
 NLI_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
 CHOICE_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -25,8 +29,10 @@ def _score_rows(
     template: PromptTemplate,
     rows: Sequence[dict[str, Any]],
     options: Sequence[Sequence[str] | str],
+    top_k: int = 0,
 ) -> list[Labeled]:
-    """Score each row's options (a str in `options` is that row's parse-error reason)."""
+    """Score each row's options (a str in `options` is that row's parse-error reason); with `top_k` the
+    chosen option's teacher-forced signals come along."""
     out: list[Labeled | None] = [None] * len(rows)
     todo: list[int] = []
     prompts: list[str] = []
@@ -40,8 +46,19 @@ def _score_rows(
             todo.append(i)
             prompts.append(prompt)
     if todo:
-        scored = backend.score(prompts, [[label_completion(o) for o in options[i]] for i in todo])
-        for i, logps in zip(todo, scored, strict=True):
+        completions = [[label_completion(o) for o in options[i]] for i in todo]
+        forced: list[list[tuple[TokenLogprobs, ...]]] = [[] for _ in todo]
+        if top_k:
+            if not isinstance(backend, SignalScorer):
+                raise ValueError(
+                    f"teacher signals for a closed kind need token-id top-k alternatives, which the "
+                    f"{type(backend).__name__} backend cannot give; use the transformers or vllm backend, "
+                    "or turn teacher.store_signals off"
+                )
+            scored, forced = backend.score_with_signals(prompts, completions, top_k)
+        else:
+            scored = backend.score(prompts, completions)
+        for n, (i, logps) in enumerate(zip(todo, scored, strict=True)):
             opts = list(options[i])
             try:
                 probs = normalise(logps)
@@ -55,7 +72,7 @@ def _score_rows(
                 "confidence": probs[best],
                 "distribution": dict(zip(opts, probs, strict=True)),
             }
-            out[i] = ok(record)
+            out[i] = ok(record, forced[n][best] if top_k else ())
     return [o for o in out if o is not None]
 
 
@@ -65,7 +82,7 @@ def label_classification(
     """Fixed label set from the catalog entry (`spec.labels`)."""
     if len(spec.labels) < 2:
         raise ValueError(f"{spec.kind} needs at least two labels, got {spec.labels}")
-    return _score_rows(backend, template, rows, [spec.labels] * len(rows))
+    return _score_rows(backend, template, rows, [spec.labels] * len(rows), spec.top_logprobs)
 
 
 def label_nli(
@@ -73,7 +90,7 @@ def label_nli(
 ) -> list[Labeled]:
     """Premise/hypothesis pairs; the labels default to entailment/neutral/contradiction."""
     labels = spec.labels or NLI_LABELS
-    return _score_rows(backend, template, rows, [labels] * len(rows))
+    return _score_rows(backend, template, rows, [labels] * len(rows), spec.top_logprobs)
 
 
 def choice_options(row: dict[str, Any], field: str = "choices") -> list[str] | str:
@@ -103,7 +120,7 @@ def label_multiple_choice(
         {**r, "choices_text": format_choices(o)} if not isinstance(o, str) else r
         for r, o in zip(rows, options, strict=True)
     ]
-    labeled = _score_rows(backend, template, shown, options)
+    labeled = _score_rows(backend, template, shown, options, spec.top_logprobs)
     for item, opts in zip(labeled, options, strict=True):
         item.record.pop("choices_text", None)
         if not item.record["parse_error"] and not isinstance(opts, str):

@@ -21,8 +21,9 @@ class KindSpec:
     """How to label: one object for every kind, so the shard runner and the Prefect task pass one thing.
 
     `samples` and `temperature` matter for math self-consistency (n samples, majority vote); free-text
-    kinds use `samples=1` greedy. `top_logprobs` > 0 asks the backend for top-k alternatives per generated
-    token (teacher signals for logit distillation); closed kinds never generate and ignore it.
+    kinds use `samples=1` greedy. `top_logprobs` > 0 asks the backend for top-k alternatives per answer
+    token (teacher signals for logit distillation): per generated token for open kinds, and for closed
+    kinds per token of the chosen option + EOS, teacher-forced in the scoring forward.
     """
 
     kind: str = "classification"

@@ -9,6 +9,11 @@ a backend never knows which task it serves and a kind never knows which engine r
   alternatives at each position (math self-consistency, summarization/chat confidence, logit
   distillation signals).
 
+Optional capability (`SignalScorer`): `score_with_signals` also returns, for every option, the
+teacher-forced tokens of option + EOS with their top-k alternatives over the full vocabulary, the signals
+offline logit distillation stores for a closed kind. The transformers and vLLM backends have it; an
+OpenAI-compatible server gives alternatives as text only, which cannot be put in a student's vocabulary.
+
 Backends: `transformers` (in process; batched, length-sorted, shared-prefix KV reuse), `openai` (any
 OpenAI-compatible HTTP server), `vllm` (offline engine, imported only inside its own module).
 """
@@ -72,4 +77,16 @@ class TeacherBackend(Protocol):
 
     def generate(self, prompts: Sequence[str], spec: SamplingSpec) -> list[list[Generation]]:
         """`spec.n` generations for each prompt, in prompt order."""
+        ...
+
+
+@runtime_checkable
+class SignalScorer(Protocol):
+    """A backend that can score options and return their teacher-forced top-k signals in one pass."""
+
+    def score_with_signals(
+        self, prompts: Sequence[str], options: Sequence[Sequence[str]], top_k: int
+    ) -> tuple[list[list[float]], list[list[tuple[TokenLogprobs, ...]]]]:
+        """(`score`'s log p(option | prompt), and per option the tokens of option + EOS, each with its
+        log-probability and top-k alternatives as token ids); the EOS is not part of the score."""
         ...

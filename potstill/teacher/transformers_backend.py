@@ -8,7 +8,9 @@ one label set shared by every row) to raw log p(option | prompt) with per-prompt
   the seam), which for prompts of the form prefix + body equals what `score_labels` computes;
 - the longest common token prefix of all prompts (instructions, few-shot examples) is run once and its
   key/value cache reused by every batch;
-- rows are sorted by length, padded on the right, and the LM head runs only at the positions read.
+- rows are sorted by length, padded on the right, and the LM head runs only at the positions read;
+- `score_with_signals` reads, in the same forward, the top-k over the full vocabulary at every token of
+  option + EOS (teacher-forced): the signals logit distillation of a closed kind stores.
 
 `generate` is `model.generate` on left-padded, length-sorted batches with the raw logits kept
 (`output_logits`): each token's log-probability and top-k alternatives are read from the model's own
@@ -64,6 +66,18 @@ def _score_items(prompts: list[list[int]], options: list[list[list[int]]], offse
             continue
         for j, o in enumerate(opts):
             items.append(_Item(body + o[:-1], [(p, j, last + k, tok) for k, tok in enumerate(o)]))
+    return items
+
+
+def _forced_items(prompts: list[list[int]], forced: list[list[list[int]]], offset: int) -> list[_Item]:
+    """One item per (prompt, continuation) that feeds all but the last continuation token and reads every
+    continuation token in order (teacher forcing)."""
+    items = []
+    for p, (ids, conts) in enumerate(zip(prompts, forced, strict=True)):
+        body = ids[offset:]
+        last = offset + len(body) - 1
+        for j, c in enumerate(conts):
+            items.append(_Item(body + c[:-1], [(p, j, last + k, tok) for k, tok in enumerate(c)]))
     return items
 
 
@@ -126,16 +140,38 @@ class TransformersBackend:
 
     @torch.no_grad()
     def score(self, prompts: Sequence[str], options: Sequence[Sequence[str]]) -> list[list[float]]:
+        scores, _ = self._score(prompts, options, top_k=0)
+        return scores
+
+    @torch.no_grad()
+    def score_with_signals(
+        self, prompts: Sequence[str], options: Sequence[Sequence[str]], top_k: int
+    ) -> tuple[list[list[float]], list[list[tuple[TokenLogprobs, ...]]]]:
+        """`score`, plus for every option the teacher-forced tokens of option + EOS, each with its
+        log-probability and the top-k alternatives over the full vocabulary (teacher signals for logit
+        distillation of a closed kind). Read from the scoring forward itself: each option is fed whole
+        (one more token than scoring needs, for the EOS position), so the extra cost is that token and a
+        top-k at the read positions; single-token options lose their one-item-per-prompt shortcut."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        return self._score(prompts, options, top_k=top_k)
+
+    def _score(
+        self, prompts: Sequence[str], options: Sequence[Sequence[str]], top_k: int
+    ) -> tuple[list[list[float]], list[list[tuple[TokenLogprobs, ...]]]]:
         if len(prompts) != len(options):
             raise ValueError(f"{len(prompts)} prompts but {len(options)} option lists")
         if not prompts:
-            return []
+            return [], []
         prompt_ids = [self._encode(p) for p in prompts]
         if any(not p for p in prompt_ids):
             raise ValueError("an empty prompt has nothing to condition the first option token on")
         option_ids = [[self._encode(o) for o in opts] for opts in options]
         if any(not o for opts in option_ids for o in opts):
             raise ValueError("an option tokenizes to nothing")
+        eos = self.tokenizer.eos_token_id
+        if top_k and eos is None:
+            raise ValueError("teacher signals end with EOS, but the tokenizer has no eos_token_id")
         # Keep at least one body token per row: it is where single-token options are read.
         offset = common_prefix_len(prompt_ids) if self.reuse_prefix else 0
         offset = min(offset, min(len(p) for p in prompt_ids) - 1)
@@ -143,9 +179,13 @@ class TransformersBackend:
         if offset > 0:
             prefix = torch.tensor([prompt_ids[0][:offset]], device=self.device)
             prefix_cache = self.model(prefix, use_cache=True).past_key_values
-        items = _score_items(prompt_ids, option_ids, offset)
+        if top_k:  # option tokens then EOS, all read: the EOS read is a signal, not part of the score
+            items = _forced_items(prompt_ids, [[[*o, eos] for o in opts] for opts in option_ids], offset)
+        else:
+            items = _score_items(prompt_ids, option_ids, offset)
         order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
         scores = [[0.0] * len(opts) for opts in options]
+        forced: list[list[list[TokenLogprobs]]] = [[[] for _ in opts] for opts in options]
         backbone = self.model.get_decoder()
         head = self.model.get_output_embeddings()
         for start in range(0, len(order), self.batch_size):
@@ -176,9 +216,18 @@ class TransformersBackend:
             toks = torch.tensor([w[4] for w in where], device=self.device)
             logp = torch.log_softmax(head(hidden[rows, cols]).float(), dim=-1)
             picked = logp[torch.arange(len(where), device=self.device), toks].double().cpu().tolist()
-            for (_, p, j, _, _), lp in zip(where, picked, strict=True):
-                scores[p][j] += lp
-        return scores
+            if top_k:
+                top_vals, top_ids = (t.cpu().tolist() for t in logp.topk(top_k, dim=-1))
+            for n, ((_, p, j, _, tok), lp) in enumerate(zip(where, picked, strict=True)):
+                if not top_k:
+                    scores[p][j] += lp
+                    continue
+                seq = forced[p][j]
+                if len(seq) < len(option_ids[p][j]):  # the option's own tokens; the last read is EOS
+                    scores[p][j] += lp
+                top = tuple(zip(top_ids[n], top_vals[n], strict=True))
+                seq.append(TokenLogprobs(self.tokenizer.decode([tok]), float(lp), int(tok), top))
+        return scores, [[tuple(seq) for seq in per_prompt] for per_prompt in forced]
 
     # ---- generate
 

@@ -8,6 +8,9 @@ to our records is plain functions over duck-typed objects, unit-tested without v
 - `score` feeds prompt and option token ids (tokenized separately, like the transformers backend) as a
   `TokensPrompt` with `SamplingParams(max_tokens=1, prompt_logprobs=0)` and sums the option positions'
   prompt logprobs; vLLM's automatic prefix caching reuses the shared prefix's KV blocks across requests.
+- `score_with_signals` feeds prompt + option + EOS with `prompt_logprobs=k`: vLLM returns the top k (and
+  the actual token) at every prompt position, so the option positions and the EOS give the teacher-forced
+  signals of a closed kind in the same request.
 - `generate` uses `SamplingParams(n, temperature, top_p, stop, seed, logprobs=k)`; vLLM refuses more than
   `max_logprobs` (20 by default) alternatives, so the engine is built with `max_logprobs` raised to k.
 """
@@ -73,6 +76,25 @@ def option_logprob_from_vllm(request_output: Any, option_start: int) -> float:
     return total
 
 
+def forced_tokens_from_vllm(request_output: Any, start: int, k: int) -> tuple[TokenLogprobs, ...]:
+    """The prompt positions from `start` on as teacher-forced tokens: each prompt token's logprob and the
+    top k of the {token id: Logprob} vLLM keeps there (best first)."""
+    ids, plps = list(request_output.prompt_token_ids), request_output.prompt_logprobs
+    if plps is None or len(plps) != len(ids):
+        raise ValueError("the request output has no prompt logprobs for every prompt token")
+    out = []
+    for pos in range(start, len(ids)):
+        entry = plps[pos]
+        if entry is None or ids[pos] not in entry:
+            raise ValueError(f"no prompt logprob for token {ids[pos]} at position {pos}")
+        ranked = sorted(entry.items(), key=lambda kv: -_logprob_value(kv[1]))[:k]
+        chosen = entry[ids[pos]]
+        text = getattr(chosen, "decoded_token", None) or ""
+        top = tuple((int(t), _logprob_value(v)) for t, v in ranked)
+        out.append(TokenLogprobs(text, _logprob_value(chosen), int(ids[pos]), top))
+    return tuple(out)
+
+
 class VLLMBackend:
     """A `TeacherBackend` on `vllm.LLM`; extra keyword arguments go to the engine
     (`tensor_parallel_size`, `gpu_memory_utilization`, `max_model_len`, ...)."""
@@ -121,6 +143,31 @@ class VLLMBackend:
         outs = self._llm.generate(requests, params, use_tqdm=False)
         flat = iter(option_logprob_from_vllm(o, s) for o, s in zip(outs, starts, strict=True))
         return [[next(flat) for _ in opts] for opts in options]
+
+    def score_with_signals(
+        self, prompts: Sequence[str], options: Sequence[Sequence[str]], top_k: int
+    ) -> tuple[list[list[float]], list[list[tuple[TokenLogprobs, ...]]]]:
+        """`score` plus the teacher-forced top-k signals of option + EOS (see the transformers backend)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if len(prompts) != len(options):
+            raise ValueError(f"{len(prompts)} prompts but {len(options)} option lists")
+        if top_k > self.max_logprobs:
+            raise ValueError(f"top_logprobs={top_k} > max_logprobs={self.max_logprobs}: raise max_logprobs")
+        eos = self._tokenizer.eos_token_id
+        requests, starts = [], []
+        for prompt, opts in zip(prompts, options, strict=True):
+            p_ids = self._encode(prompt)
+            for opt in opts:
+                requests.append(TokensPrompt(prompt_token_ids=p_ids + self._encode(opt) + [eos]))
+                starts.append(len(p_ids))
+        params = SamplingParams(max_tokens=1, prompt_logprobs=top_k, temperature=0.0)
+        outs = self._llm.generate(requests, params, use_tqdm=False)
+        flat = iter(forced_tokens_from_vllm(o, s, top_k) for o, s in zip(outs, starts, strict=True))
+        tokens = [[next(flat) for _ in opts] for opts in options]
+        scores = [[sum(t.logprob for t in seq[:-1]) for seq in per] for per in tokens]  # EOS not scored
+        return scores, tokens
 
     def generate(self, prompts: Sequence[str], spec: SamplingSpec) -> list[list[Generation]]:
         from vllm import SamplingParams
