@@ -20,7 +20,7 @@ export DVC_SITE_CACHE_DIR := $(CURDIR)/.cache/dvc-site
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 MLFLOW_URI ?= sqlite:///$(CURDIR)/mlruns/mlflow.db
 
-.PHONY: help setup demo test lint mlflow-ui prefect-ui review-server bench clean
+.PHONY: help setup demo test lint mlflow-ui prefect-ui review-server bench clean services services-down
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -57,6 +57,12 @@ prefect-ui: $(STAMP)  ## Prefect UI on this project's flow runs: http://127.0.0.
 
 review-server:  ## Label Studio for human review: http://127.0.0.1:8080 (own venv; export LABEL_STUDIO_PASSWORD, LABEL_STUDIO_API_KEY)
 	bash infra/label-studio/server.sh run
+
+services: $(STAMP)  ## PostgreSQL, S3 (moto), MLflow, Prefect server+worker, Ray head on 127.0.0.1; writes infra/.env
+	bash infra/services/services.sh up
+
+services-down:  ## stop what `make services` started (by PID)
+	bash infra/services/services.sh down
 
 bench: $(STAMP)  ## label-scoring speed benchmark, appends to BENCHMARKS.md
 	$(BIN)/python benchmarks/label_scoring.py

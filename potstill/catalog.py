@@ -13,6 +13,7 @@ import io
 import json
 import os
 import tempfile
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from potstill.config import CatalogConfig
 from potstill.pipeline import stage_outputs
 from potstill.prompts import PromptTemplate
-from potstill.versioning import DvcStore, VersionLog, VersionRecord, is_git_repo
+from potstill.versioning import DvcStore, VersionLog, VersionRecord, file_lock, is_git_repo
 
 Role = Literal[
     "prompts",
@@ -158,16 +159,23 @@ class Catalog:
             raise CatalogError(f"{name!r} is a {self.dataset(name).format} dataset: use load/save")
         return self._resolve(name)
 
+    def locked(self) -> AbstractContextManager[None]:
+        """The project's catalog lock: a write and the version it records happen as one step, so two runs
+        saving the same entry at once can neither interleave version numbers nor record each other's
+        content. Not re-entrant: only the public writing methods take it."""
+        return file_lock(self.root / ".cache" / "locks" / "catalog.lock")
+
     def save_json(self, name: str, obj: Any, run_id: str | None = None) -> Saved:
         entry, path = self.dataset(name), self._resolve(name)
         if entry.format != "json":
             raise CatalogError(f"{name!r} is not a json entry")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        os.replace(tmp, path)
-        record = self._version(name, path, None, run_id) if self.is_versioned(name) else None
+        with self.locked():
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            os.replace(tmp, path)
+            record = self._version(name, path, None, run_id) if self.is_versioned(name) else None
         return Saved(
             name, path, 1, file_digest(path), record.name if record else None, record.md5 if record else None
         )
@@ -202,18 +210,19 @@ class Catalog:
         """Write atomically (temp file + rename) so a killed run never leaves half a dataset; then version."""
         entry, path = self.dataset(name), self._resolve(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            if entry.format == "csv":
-                fields = sorted({k for r in rows for k in r})
-                writer = csv.DictWriter(f, fieldnames=fields)
-                writer.writeheader()
-                writer.writerows(rows)
-            else:
-                for r in rows:
-                    f.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-        record = self._version(name, path, len(rows), run_id) if self.is_versioned(name) else None
+        with self.locked():
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+                if entry.format == "csv":
+                    fields = sorted({k for r in rows for k in r})
+                    writer = csv.DictWriter(f, fieldnames=fields)
+                    writer.writeheader()
+                    writer.writerows(rows)
+                else:
+                    for r in rows:
+                        f.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
+            os.replace(tmp, path)
+            record = self._version(name, path, len(rows), run_id) if self.is_versioned(name) else None
         return Saved(
             name,
             path,
@@ -265,8 +274,9 @@ class Catalog:
     def version_workspace(self, name: str, run_id: str | None = None) -> VersionRecord:
         """Version the workspace file as it is (e.g. edited or replaced by hand)."""
         path = self._resolve(name)
-        rows = sum(1 for line in path.read_bytes().splitlines() if line.strip())
-        return self._version(name, path, rows - (self.dataset(name).format == "csv"), run_id)
+        with self.locked():
+            rows = sum(1 for line in path.read_bytes().splitlines() if line.strip())
+            return self._version(name, path, rows - (self.dataset(name).format == "csv"), run_id)
 
     def current_version(self, name: str) -> VersionRecord | None:
         """The logged version whose content is in the workspace now (None when unversioned or changed)."""
@@ -281,9 +291,10 @@ class Catalog:
         data = self.read_bytes(name, version)
         path = self._resolve(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        if self.is_versioned(name):
-            self._track(name, path, push=False)
+        with self.locked():
+            path.write_bytes(data)
+            if self.is_versioned(name):
+                self._track(name, path, push=False)
         return record
 
     def digest(self, name: str) -> str:
@@ -293,8 +304,9 @@ class Catalog:
         """The version of a prompt template's current text, logged as new when the text changed."""
         text = self.prompt(name).text
         md5 = md5_bytes(text.encode())
-        known = self.versions.find_md5(f"prompt.{name}", md5)
-        return known or self.versions.append(f"prompt.{name}", md5=md5, run_id=run_id, text=text)
+        with self.locked():
+            known = self.versions.find_md5(f"prompt.{name}", md5)
+            return known or self.versions.append(f"prompt.{name}", md5=md5, run_id=run_id, text=text)
 
     def prompt_at(self, name: str, version: str) -> PromptTemplate:
         record = self.versions.get(f"prompt.{name}", version)

@@ -11,15 +11,30 @@ text, so a run can name, and a user can get back, the exact prompt version it us
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+
+T = TypeVar("T")
+
+# The DVC remote from the environment (infra/services writes these to infra/.env): it wins over
+# `catalog.remote` and over a remote already in .dvc/config, because a user who exports it means it.
+REMOTE_URL_ENV = "POTSTILL_DVC_REMOTE_URL"
+REMOTE_ENDPOINT_ENV = "POTSTILL_DVC_REMOTE_ENDPOINT_URL"  # S3-compatible stores (MinIO, moto): endpointurl
+# How long a catalog write waits for another process's DVC repo lock before giving up (seconds).
+LOCK_TIMEOUT_ENV = "POTSTILL_DVC_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT = 600.0
 
 
 class VersionError(LookupError):
@@ -127,8 +142,56 @@ def quiet_dvc() -> None:
         logger.propagate = True
 
 
+def lock_timeout() -> float:
+    return float(os.environ.get(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT))
+
+
+def retry_on_dvc_lock(
+    call: Callable[[], T], timeout: float | None = None, first_delay: float = 0.2, max_delay: float = 5.0
+) -> T:
+    """Run `call`, retrying with exponential backoff while another process holds a DVC lock.
+
+    DVC gives up on its repo lock (`.dvc/tmp/lock`) after ~3 s and on a path's rwlock at once, with a
+    `LockError`; two flow runs on one project (or a `dvc status` beside a run) must wait for each other
+    instead. Any other error, and a lock still held after `timeout` seconds, propagate."""
+    from dvc.lock import LockError
+
+    deadline = time.monotonic() + (lock_timeout() if timeout is None else timeout)
+    delay = first_delay
+    while True:
+        try:
+            return call()
+        except LockError:
+            if time.monotonic() + delay > deadline:
+                raise
+            logging.getLogger(__name__).info("DVC lock held by another process; retrying in %.1fs", delay)
+            time.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive inter-process lock (flock) on `path`, held for the `with` block; the kernel releases
+    it when the process dies, so a killed run never leaves a stale lock behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def remote_from_env() -> tuple[str | None, str | None]:
+    """(url, endpoint) of the DVC remote named by the environment, or (None, None)."""
+    return os.environ.get(REMOTE_URL_ENV) or None, os.environ.get(REMOTE_ENDPOINT_ENV) or None
+
+
 class DvcStore:
-    """The DVC side of versioning: init, add, push, and reading content back by hash or git tag."""
+    """The DVC side of versioning: init, add, push, and reading content back by hash or git tag.
+
+    Every DVC call goes through `retry_on_dvc_lock`, so concurrent runs on one project wait for DVC's
+    locks instead of failing."""
 
     def __init__(self, root: Path, remote: str | None = None):
         self.root = root
@@ -143,24 +206,39 @@ class DvcStore:
         return Repo(str(self.root))
 
     def ensure(self) -> None:
-        """`dvc init` (without git when the project is not a git repo) and a default remote if none."""
+        """`dvc init` (without git when the project is not a git repo) and a default remote if none; a
+        remote named by the environment (`POTSTILL_DVC_REMOTE_URL`, `..._ENDPOINT_URL`) replaces it."""
+        retry_on_dvc_lock(self._ensure)
+
+    def _ensure(self) -> None:
         quiet_dvc()
         from dvc.repo import Repo
 
         if not (self.root / ".dvc").is_dir():
             Repo.init(str(self.root), no_scm=not is_git_repo(self.root))
+        env_url, env_endpoint = remote_from_env()
         repo = self._repo()
-        with repo.config.edit() as conf:
-            if self.remote and not conf["core"].get("remote"):
-                url = self.remote
-                if "://" not in url:  # a folder: DVC stores it relative to .dvc/config itself
-                    url = str((self.root / url).resolve())
-                conf["remote"]["storage"] = {"url": url}
-                conf["core"]["remote"] = "storage"
-        repo.close()
+        try:
+            with repo.config.edit() as conf:
+                if env_url:
+                    remote = {"url": env_url, **({"endpointurl": env_endpoint} if env_endpoint else {})}
+                    if conf["remote"].get("storage") != remote or conf["core"].get("remote") != "storage":
+                        conf["remote"]["storage"] = remote
+                        conf["core"]["remote"] = "storage"
+                elif self.remote and not conf["core"].get("remote"):
+                    url = self.remote
+                    if "://" not in url:  # a folder: DVC stores it relative to .dvc/config itself
+                        url = str((self.root / url).resolve())
+                    conf["remote"]["storage"] = {"url": url}
+                    conf["core"]["remote"] = "storage"
+        finally:
+            repo.close()
 
     def add(self, path: Path, push: bool = True) -> str:
         """Track `path` with DVC and return its md5; push it to the default remote when asked."""
+        return retry_on_dvc_lock(lambda: self._add(path, push))
+
+    def _add(self, path: Path, push: bool) -> str:
         repo = self._repo()
         try:
             repo.add(str(path))
@@ -191,6 +269,9 @@ class DvcStore:
     def _transfer(self, md5: str, direction: str) -> None:
         """Move one object by hash between the local cache and the default remote (DVC's own transfer),
         with no .dvc file: the object may belong to a stage output or to no file at all."""
+        retry_on_dvc_lock(lambda: self._transfer_once(md5, direction))
+
+    def _transfer_once(self, md5: str, direction: str) -> None:
         from dvc_data.hashfile.hash_info import HashInfo
 
         repo = self._repo()
@@ -222,7 +303,7 @@ class DvcStore:
         quiet_dvc()
         import dvc.api
 
-        return dvc.api.read(rel_path, repo=str(self.root), rev=tag, mode="rb")
+        return retry_on_dvc_lock(lambda: dvc.api.read(rel_path, repo=str(self.root), rev=tag, mode="rb"))
 
     def commit_and_tag(self, files: list[Path], message: str, tag: str) -> str:
         _git(self.root, "add", "--", *[str(f) for f in files])

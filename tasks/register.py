@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import mlflow
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
@@ -13,6 +16,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 
 from potstill.classifier import Classifier
 from potstill.config import RunConfig
@@ -109,6 +113,56 @@ def record_decision(
     )
 
 
+# One registry step at a time across every flow run on this Prefect API (processes, workers, machines).
+REGISTRY_LIMIT = "potstill-registry"
+
+
+def ensure_registry_limit(name: str = REGISTRY_LIMIT) -> None:
+    """Create the global concurrency limit (one slot) when missing. Without it Prefect's `concurrency`
+    skips acquisition with a warning, so promotion would silently not be serialized; two runs racing to
+    create it is fine."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            except (ObjectAlreadyExists, httpx.HTTPStatusError):
+                # A concurrent run created it first (a server on PostgreSQL answers 409, one on SQLite a
+                # 500 for the unique name): fine if it exists now, else the error is real.
+                client.read_global_concurrency_limit_by_name(name)
+
+
+@contextmanager
+def registry_slot(name: str = REGISTRY_LIMIT) -> Iterator[None]:
+    """Hold the registry's only slot: reading the champion, judging and moving the aliases happen as one
+    step, so a run that judged against a stale champion can never overwrite a stronger one. A crashed
+    holder's lease expires (300 s) and frees the slot."""
+    ensure_registry_limit(name)
+    with concurrency(name, occupy=1, strict=True):
+        yield
+
+
+def gate_in_turn(
+    client: MlflowClient, cfg: RunConfig, version: str, metrics: dict[str, float]
+) -> tuple[PromotionDecision, dict[str, str | None]]:
+    """The gate for a registered `version` with these run metrics, inside the registry slot: the champion
+    is read there (not before logging the model), judged against, and the aliases moved before the next
+    run may look. Returns the decision and the alias plan applied."""
+    model_name = cfg.registry.model_name
+    with registry_slot():
+        champion = current_alias(client, model_name, "champion")
+        decision = judge(client, cfg, metrics, champion)
+        plan = alias_plan(decision, version, str(champion.version) if champion else None)
+        apply_aliases(client, model_name, plan)
+        record_decision(client, model_name, version, decision, "gate")
+    return decision, plan
+
+
 @task(name="register_student", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def register_student(
     folder: Path,
@@ -119,11 +173,12 @@ def register_student(
     lineage: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Log and register; every version is `challenger`, and `champion` when it passes the promotion gate
-    (the champion it replaces keeps `previous`). The decision and lineage are model-version tags."""
+    (the champion it replaces keeps `previous`). The decision and lineage are model-version tags.
+
+    Logging the model (the slow part) runs unlocked; the gate runs inside the `potstill-registry` slot and
+    reads the champion there, so concurrent runs promote in turn, each against the latest champion."""
     client = MlflowClient()
     model_name, metric = cfg.registry.model_name, cfg.registry.metric
-    champion = current_alias(client, model_name, "champion")
-    decision = judge(client, cfg, metrics, champion)
     clf = Classifier.load(folder)
     fields = clf.prompt.fields
     example = pd.DataFrame([{f: r[f] for f in fields} for r in sample[:3]])
@@ -140,9 +195,7 @@ def register_student(
         )
         mlflow.log_text(clf.prompt.text, f"prompts/{clf.prompt.name}.txt")
     version = str(info.registered_model_version)
-    plan = alias_plan(decision, version, str(champion.version) if champion else None)
-    apply_aliases(client, model_name, plan)
-    record_decision(client, model_name, version, decision, "gate")
+    decision, plan = gate_in_turn(client, cfg, version, metrics)
     client.set_model_version_tag(model_name, version, "potstill.prompt", clf.prompt.name)
     if metric in metrics:
         client.set_model_version_tag(model_name, version, metric, f"{metrics[metric]:.6f}")
