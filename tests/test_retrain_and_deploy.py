@@ -245,6 +245,11 @@ def test_retrain_continues_from_champion_and_a_failing_gate_keeps_it(
     queue = {r["id"] for r in catalog.load("review_queue")}  # routed exactly as in the distill flow
     assert queue and queue <= {r["id"] for r in batch} and not queue & new_ids
     assert all("label" not in r or r["label"] in ("negative", "positive") for r in merged)
+    # The batch's gold labels are for scoring only: every new training row carries the teacher's label.
+    teacher = {r["id"]: r["label"] for r in catalog.load("teacher_labels")}
+    assert {i: r["label"] for i, r in zip(ids, merged, strict=True) if i in new_ids} == {
+        i: teacher[i] for i in new_ids
+    }
 
     # Training started from the champion: tiny learning rate, so the result sits next to the champion's
     # weights and far from the fresh pruned student both were cut from.
@@ -318,3 +323,127 @@ def test_merge_rule_new_rows_win_and_replay_sample() -> None:
     replay = continuation_rows(merged, "new_plus_replay", 1, 0)
     assert [r["id"] for r in replay] == ["c", "a", "x", "y"] and len(replay) == 4
     assert len(continuation_rows(merged, "new_plus_replay", 0, 0)) == 3
+
+
+# ---- (e) `monitor.trigger: deployment` end to end: the served retrain deployment runs the triggered run
+
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def _questions(start: int, n: int) -> list[dict[str, str]]:
+    """Distinct GSM8K questions: another domain than the movie reviews the champion was trained on."""
+    import json
+
+    with (SHARED / "gsm8k" / "train.jsonl").open() as f:
+        texts = list(dict.fromkeys(json.loads(line)["question"] for line in f))
+    return [{"id": f"gsm-{i}", "text": texts[i]} for i in range(start, start + n)]
+
+
+def _wait_for(what: str, check: Any, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> Any:
+    """Poll check() until it returns something truthy; fail with the served process's log otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        assert proc.poll() is None, f"potstill deploy exited:\n{log.read_text()[-3000:]}"
+        time.sleep(1)
+    pytest.fail(f"{what}: not after {timeout_s:.0f}s\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "gsm8k" / "train.jsonl").exists(), reason="needs ../shared/data")
+def test_drift_triggers_the_served_retrain_deployment_exactly_once(
+    on_server: str, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """monitor_drift (trigger: deployment) creates a run of retrain/retrain-on-drift; the process of
+    `potstill deploy` picks it up and runs it to COMPLETED (the retrain's MLflow run and model version
+    exist); a second drifted batch inside the cooldown creates no second run."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from flows.distill import distill
+    from flows.monitor_drift import monitor_drift
+
+    project = _copy_project(tmp_path / "project")
+    params = _params(tiny_model_dir)
+    params["monitor"].update(
+        trigger="deployment", checks=["mmd"], reference_rows=40, n_permutations=200, cooldown_s=3600
+    )
+    # `potstill deploy` gives the deployment the config resolved from the project's params.yaml.
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    distill(params=params, project=str(project))
+    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml")
+    mlflow_client = MlflowClient()  # the project's store: distill configured it
+    champion = _champion(mlflow_client)
+
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": on_server,
+        "PREFECT_HOME": str(tmp_path / "prefect-client"),
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",  # pick the triggered run up within seconds
+    }
+    log_path = tmp_path / "deploy.log"
+    log = log_path.open("w")
+    cmd = [POTSTILL, "--project", str(project), "deploy", "--only", "retrain"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with get_client(sync_client=True) as client:
+
+            def served_deployment() -> Any:
+                with contextlib.suppress(ObjectNotFound):
+                    d = client.read_deployment_by_name("retrain/retrain-on-drift")
+                    # an earlier test may have registered the same name for another project
+                    return d if d.parameters.get("project") == str(project) else None
+                return None
+
+            deployment = _wait_for("retrain deployment served", served_deployment, proc, log_path, 120)
+            assert not deployment.schedules and deployment.parameters["params"]["retrain"]["max_steps"] == 2
+
+            catalog.save("incoming", _questions(0, 40))
+            [out] = monitor_drift(params=params, project=str(project))["batches"]
+            assert out["batch"] == "v1" and out["drifted"] and out["trigger"], out["reasons"]
+            assert out["retrain"]["mode"] == "deployment"
+            flow_run_id = out["retrain"]["flow_run_id"]
+
+            def finished() -> Any:
+                run = client.read_flow_run(flow_run_id)
+                return run if run.state is not None and run.state.is_final() else None
+
+            run = _wait_for("triggered retrain run finished", finished, proc, log_path, 240)
+            assert run.state.type.value == "COMPLETED", (run.state, log_path.read_text()[-3000:])
+            assert run.deployment_id == deployment.id
+            assert run.parameters["batch"] == "v1" and run.parameters["project"] == str(project)
+            # The trigger sends batch and project only: the config is the deployment's (params.yaml's).
+            assert run.parameters["params"] == deployment.parameters["params"]
+
+            # The run did the retrain: its MLflow run is tagged with the Prefect flow run and the batch,
+            # and it registered a new model version continued from the champion.
+            [retrain_run] = mlflow_client.search_runs(
+                [mlflow_client.get_experiment_by_name("potstill").experiment_id],
+                f"tags.`prefect.flow_run_id` = '{flow_run_id}'",
+            )
+            assert retrain_run.data.tags["potstill.flow"] == "retrain"
+            assert retrain_run.data.tags["potstill.batch"] == "v1"
+            assert retrain_run.info.status == "FINISHED"
+            assert retrain_run.data.params["retrain.init_from"].endswith(f"version {champion}")
+            versions = mlflow_client.search_model_versions(f"run_id = '{retrain_run.info.run_id}'")
+            assert len(versions) == 1 and versions[0].tags["lineage.data.incoming"].startswith("v1 md5:")
+
+            # The same drift event goes on: detected again, but inside the cooldown no second run.
+            catalog.save("incoming", _questions(40, 40))
+            [again] = monitor_drift(params=params, project=str(project))["batches"]
+            assert again["batch"] == "v2" and again["drifted"] and not again["trigger"]
+            assert any("inside the cooldown" in r for r in again["reasons"])
+            ours = [
+                r for r in _flow_runs(client, deployment.id) if r.parameters.get("project") == str(project)
+            ]
+            assert [str(r.id) for r in ours] == [flow_run_id]
+            assert [t["batch"] for t in catalog.load_json("monitor_state")["triggers"]] == ["v1"]
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
