@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
-import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import mlflow
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
@@ -18,7 +16,6 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 
 from potstill.classifier import Classifier
 from potstill.config import RunConfig
@@ -30,6 +27,7 @@ from potstill.gate import (
     decide_promotion,
     rollback_plan,
 )
+from potstill.models import default_cache_dir
 from tasks.tracking import log_json, resumed
 
 
@@ -115,63 +113,27 @@ def record_decision(
     )
 
 
-# One registry step at a time across every flow run on this Prefect API (processes, workers, machines).
-REGISTRY_LIMIT = "potstill-registry"
-
-
-def ensure_registry_limit(name: str = REGISTRY_LIMIT) -> None:
-    """Create the global concurrency limit (one slot) when missing. Without it Prefect's `concurrency`
-    skips acquisition with a warning, so promotion would silently not be serialized; two runs racing to
-    create it is fine."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-            except (ObjectAlreadyExists, httpx.HTTPStatusError):
-                # A concurrent run created it first (a server on PostgreSQL answers 409, one on SQLite a
-                # 500 for the unique name): fine if it exists now, else the error is real.
-                client.read_global_concurrency_limit_by_name(name)
+# One registry step at a time across every flow run on this machine (processes and threads alike).
+REGISTRY_LOCK = "potstill-registry.lock"
 
 
 @contextmanager
-def registry_slot(name: str = REGISTRY_LIMIT) -> Iterator[None]:
-    """Hold the registry's only slot: reading the champion, judging and moving the aliases happen as one
-    step, so a run that judged against a stale champion can never overwrite a stronger one. A crashed
-    holder's lease expires (300 s) and frees the slot."""
-    ensure_registry_limit(name)
-    wait_s = float(os.environ.get("POTSTILL_REGISTRY_WAIT_S", "60"))
-    acquired = False
-    try:
-        with concurrency(name, occupy=1, strict=True, timeout_seconds=wait_s):
-            acquired = True
+def registry_slot(name: str = REGISTRY_LOCK) -> Iterator[None]:
+    """Hold the registry lock: reading the champion, judging and moving the aliases happen as one step, so
+    a run that judged against a stale champion can never overwrite a stronger one.
+
+    An exclusive `flock` on a file in the cache: the kernel frees it when its holder dies, so a crashed run
+    never blocks the next. (A Prefect global concurrency limit was tried first: its client hung in the slot
+    acquisition in the full test session, and the test harness never reclaims a dead holder's lease.) Runs
+    on several machines need the cache on a shared filesystem that supports flock."""
+    folder = default_cache_dir() / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / name, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
             yield
-        return
-    except TimeoutError:
-        if acquired:  # raised by the caller's block, not by the wait for the slot
-            raise
-    # The gate holds the slot for seconds. A slot still taken after `wait_s` belongs to a holder that died
-    # without releasing it, on a server that does not revoke expired leases (Prefect's test harness runs
-    # no lease-revoker service): free it, say so, and take it.
-    _free_stale_slot(name, wait_s)
-    with concurrency(name, occupy=1, strict=True, timeout_seconds=wait_s):
-        yield
-
-
-def _free_stale_slot(name: str, waited_s: float) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
-
-    logging.getLogger(__name__).warning(
-        "limit %r still taken after %.0f s: freeing a slot a crashed holder left", name, waited_s
-    )
-    with get_client(sync_client=True) as client:
-        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def gate_in_turn(
@@ -202,7 +164,7 @@ def register_student(
     """Log and register; every version is `challenger`, and `champion` when it passes the promotion gate
     (the champion it replaces keeps `previous`). The decision and lineage are model-version tags.
 
-    Logging the model (the slow part) runs unlocked; the gate runs inside the `potstill-registry` slot and
+    Logging the model (the slow part) runs unlocked; the gate runs inside the registry lock and
     reads the champion there, so concurrent runs promote in turn, each against the latest champion."""
     client = MlflowClient()
     model_name, metric = cfg.registry.model_name, cfg.registry.metric
