@@ -12,6 +12,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
@@ -87,7 +88,17 @@ def judge(
     metric = cfg.registry.metric
     champion_scores = None
     if champion is not None and champion.run_id:
-        champion_scores = scores_from_metrics(client.get_run(champion.run_id).data.metrics, metric)
+        try:
+            champion_run = client.get_run(champion.run_id)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            raise RuntimeError(
+                f"champion {champion.name} v{champion.version} was logged by run {champion.run_id}, which "
+                f"the tracking store {client.tracking_uri} does not have (registry {client._registry_uri}); "
+                "point MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI at the same server"
+            ) from exc
+        champion_scores = scores_from_metrics(champion_run.data.metrics, metric)
     teacher = metrics.get(metric.replace("student_", "teacher_", 1))
     return decide_promotion(scores_from_metrics(metrics, metric), champion_scores, teacher, gate_config(cfg))
 

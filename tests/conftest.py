@@ -249,8 +249,12 @@ class Services:
 
     def client_env(self) -> dict[str, str]:
         """This test process's environment plus the env file: what `potstill run` sees after
-        `set -a; . infra/.env`."""
-        return {**os.environ, **self.env}
+        `set -a; . infra/.env`. Service variables that earlier in-process tests exported are dropped
+        first (`mlflow.set_registry_uri` writes MLFLOW_REGISTRY_URI, which would send the registry
+        to another test's SQLite store while runs go to the server)."""
+        leaked = ("MLFLOW_", "PREFECT_API_", "RAY_", "AWS_", "POTSTILL_DVC_")
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(leaked)}
+        return {**inherited, **self.env}
 
     def pids(self) -> dict[str, int]:
         """Service name -> PID of the process the script started (from its PID files)."""

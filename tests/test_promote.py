@@ -83,3 +83,16 @@ def test_gate_passes_and_budget_fails(registry) -> None:
     assert client.get_model_version_by_alias(NAME, "champion").version == int(v2)
     rollback(cfg)
     assert client.get_model_version_by_alias(NAME, "champion").version == int(v1)
+
+
+def test_champion_whose_run_is_in_another_tracking_store_is_a_clear_error(registry, tmp_path: Path) -> None:
+    """Registry and tracking on different stores (a leaked MLFLOW_REGISTRY_URI, say): the gate cannot
+    read the champion's metrics and says which stores it looked in, instead of a bare 'run not found'."""
+    _, client = registry
+    client.set_registered_model_alias(NAME, "champion", _version(client, 0.70, 0.70))
+    elsewhere = MlflowClient(
+        tracking_uri=f"sqlite:///{tmp_path / 'other.db'}", registry_uri=client._registry_uri
+    )
+    champion = elsewhere.get_model_version_by_alias(NAME, "champion")
+    with pytest.raises(RuntimeError, match=f"run {champion.run_id}.*other.db.*MLFLOW_REGISTRY_URI"):
+        judge(elsewhere, validate({}), {"student_accuracy": 0.9}, champion)
