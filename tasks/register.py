@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
+import os
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -124,27 +128,101 @@ def record_decision(
     )
 
 
-# One registry step at a time across every flow run on this machine (processes and threads alike).
+# One registry step at a time: across processes and threads on this machine (a file lock), and across
+# machines through the Prefect server's global concurrency limit when the runs share one.
 REGISTRY_LOCK = "potstill-registry.lock"
+REGISTRY_LIMIT = "potstill-registry"
 
 
 @contextmanager
-def registry_slot(name: str = REGISTRY_LOCK) -> Iterator[None]:
-    """Hold the registry lock: reading the champion, judging and moving the aliases happen as one step, so
-    a run that judged against a stale champion can never overwrite a stronger one.
+def registry_slot(name: str = REGISTRY_LOCK, limit: str = REGISTRY_LIMIT) -> Iterator[None]:
+    """Hold the registry: reading the champion, judging and moving the aliases happen as one step, so a
+    run that judged against a stale champion can never overwrite a stronger one.
 
-    An exclusive `flock` on a file in the cache: the kernel frees it when its holder dies, so a crashed run
-    never blocks the next. (A Prefect global concurrency limit was tried first: its client hung in the slot
-    acquisition in the full test session, and the test harness never reclaims a dead holder's lease.) Runs
-    on several machines need the cache on a shared filesystem that supports flock."""
+    First an exclusive `flock` on a file in the cache (the kernel frees it when its holder dies), then, when
+    `PREFECT_API_URL` names a Prefect server, a slot of the global concurrency limit `potstill-registry`
+    (limit 1, created if missing), which serializes runs on different machines and shows in the Prefect UI.
+    Without a server every run is on this machine and the file lock is enough."""
     folder = default_cache_dir() / "locks"
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / name, "a+b") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
-            yield
+            with prefect_limit_slot(limit):
+                yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextmanager
+def prefect_limit_slot(limit: str, wait_s: float | None = None) -> Iterator[str | None]:
+    """One slot of a Prefect global concurrency limit, held with a lease that a thread renews. Yields the
+    lease id (None when no Prefect server is configured).
+
+    Plain calls on Prefect's synchronous client rather than `prefect.concurrency.sync.concurrency`: the
+    latter hands the acquisition to a service on a shared event-loop thread, whose answer never arrived in
+    a long test session (the server had granted the slot). Waits at most `wait_s`
+    (`POTSTILL_REGISTRY_WAIT_S`, default 600 s) and then fails naming the limit, instead of hanging."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        yield None
+        return
+    import httpx
+
+    wait_s = float(os.environ.get("POTSTILL_REGISTRY_WAIT_S", "600")) if wait_s is None else wait_s
+    lease_s = lease_seconds()
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(limit, 1)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                response = client.increment_concurrency_slots_with_lease(
+                    names=[limit], slots=1, mode="concurrency", lease_duration=lease_s
+                )
+                break
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 423:
+                    raise
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"the Prefect concurrency limit {limit!r} stayed taken for {wait_s:.0f} s; a holder "
+                        f"that died frees it within {lease_s:.0f} s on a server running its services "
+                        f"(`prefect server start`). Inspect it with `prefect gcl inspect {limit}`"
+                    ) from exc
+                time.sleep(min(float(exc.response.headers.get("Retry-After", 1)), 2.0))
+        lease_id = response.json()["lease_id"]
+        stop = threading.Event()
+        renewer = threading.Thread(target=_renew, args=(lease_id, lease_s, stop), daemon=True)
+        renewer.start()
+        try:
+            yield lease_id
+        finally:
+            stop.set()
+            renewer.join()
+            client.release_concurrency_slots_with_lease(lease_id)
+
+
+def lease_seconds() -> float:
+    """How long a registry slot outlives a holder that stopped renewing it (`POTSTILL_REGISTRY_LEASE_S`,
+    default and minimum 60 s, Prefect's floor): the holder renews every third of it, so it only lapses when
+    the holder is gone."""
+    lease_s = float(os.environ.get("POTSTILL_REGISTRY_LEASE_S", "60"))
+    if lease_s < 60:
+        raise ValueError(f"POTSTILL_REGISTRY_LEASE_S={lease_s:g}: Prefect accepts leases of 60 s or more")
+    return lease_s
+
+
+def _renew(lease_id: str, lease_s: float, stop: threading.Event) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        while not stop.wait(lease_s / 3):
+            try:
+                client.renew_concurrency_lease(lease_id, lease_s)
+            except Exception as exc:  # the step goes on; the lease may lapse and let another run in
+                logging.getLogger(__name__).warning("registry lease %s not renewed: %s", lease_id, exc)
 
 
 def gate_in_turn(

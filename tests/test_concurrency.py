@@ -1,6 +1,6 @@
 """Two runs at once on one project: the catalog stays consistent (DVC's lock is waited for, each version
-records what its own run wrote) and promotion is serialized by a Prefect global concurrency limit, so a
-weaker student never replaces a stronger champion."""
+records what its own run wrote) and promotion is serialized by a file lock and a Prefect global concurrency
+limit, so a weaker student never replaces a stronger champion."""
 
 from __future__ import annotations
 
@@ -118,6 +118,13 @@ def register_candidate(client: MlflowClient, experiment: str, name: str, accurac
     return str(version.version)
 
 
+def registry_limit():
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(register.REGISTRY_LIMIT)
+
+
 def test_promotion_is_serialized_and_the_stronger_student_stays_champion(
     prefect_api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -137,8 +144,11 @@ def test_promotion_is_serialized_and_the_stronger_student_stays_champion(
     real_judge = register.judge
     strong_judged = threading.Event()
 
+    held: list[int] = []
+
     def slow_judge(client, cfg, metrics, champion):
         start = time.monotonic()
+        held.append(registry_limit().active_slots)  # the Prefect limit's slot is taken while judging
         decision = real_judge(client, cfg, metrics, champion)
         if metrics["student_accuracy"] == 0.9:
             strong_judged.set()
@@ -173,6 +183,8 @@ def test_promotion_is_serialized_and_the_stronger_student_stays_champion(
     assert client.get_model_version(name, weak).tags["potstill.decision"] == "not promoted"
     (first, _, a1), (second, b0, _) = sorted(spans, key=lambda s: s[1])
     assert (first, second) == ("0.9", "0.6") and b0 >= a1  # the gates did not overlap
+    assert held == [1, 1] and registry_limit().limit == 1
+    assert registry_limit().active_slots == 0  # released after both
 
     import fcntl
 
@@ -180,3 +192,30 @@ def test_promotion_is_serialized_and_the_stronger_student_stays_champion(
 
     with open(default_cache_dir() / "locks" / register.REGISTRY_LOCK, "a+b") as handle:  # released after
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_taken_registry_limit_is_waited_for_then_a_clear_error(prefect_api):
+    """A slot held elsewhere (another machine's run) blocks the next holder; past its wait it fails naming
+    the limit rather than hanging. Released, the slot is free again at once."""
+    limit = "potstill-test-registry"
+    with register.prefect_limit_slot(limit) as lease:
+        assert lease is not None
+        start = time.monotonic()
+        with (
+            pytest.raises(TimeoutError, match=f"'{limit}' stayed taken for 2 s"),
+            register.prefect_limit_slot(limit, wait_s=2.0),
+        ):
+            pytest.fail("entered a taken slot")
+        assert time.monotonic() - start >= 2.0
+    with register.prefect_limit_slot(limit, wait_s=2.0) as again:
+        assert again not in (None, lease)
+
+
+def test_without_a_prefect_server_only_the_file_lock_serializes():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with (
+        temporary_settings(restore_defaults={PREFECT_API_URL}),
+        register.prefect_limit_slot("potstill-test-registry") as lease,
+    ):
+        assert lease is None

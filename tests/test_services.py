@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from potstill.catalog import Catalog
 from potstill.versioning import REMOTE_ENDPOINT_ENV, REMOTE_URL_ENV, DvcStore
 
+ROOT = Path(__file__).resolve().parents[1]
 POTSTILL = Path(sys.executable).with_name("potstill")
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
@@ -259,6 +260,36 @@ def test_process_worker_runs_a_deployment(services: Services, tmp_path: Path):
     assert value == "42"
     worker = psutil.Process(services.pids()["prefect-worker"])
     assert int(parent) in {worker.pid, *(c.pid for c in worker.children(recursive=True))}
+
+
+def test_a_killed_registry_holder_frees_the_prefect_limit_when_its_lease_lapses(services: Services):
+    """The registry's global concurrency limit on the services' Prefect server: a run SIGKILLed while it
+    holds the slot stops renewing its lease, and the server's repossessor frees the slot for the next run
+    (the file lock alone would not, across machines)."""
+    env = services.client_env()  # the shortest lease Prefect accepts: 60 s
+    hold = (
+        "import time, tasks.register as r\n"
+        "with r.prefect_limit_slot('potstill-kill-test'):\n"
+        "    print('held', flush=True); time.sleep(600)\n"
+    )
+    run = {"env": env, "cwd": ROOT, "text": True}
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, **run)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        holder.kill()
+        holder.wait(timeout=30)
+        take = (
+            "import time, tasks.register as r\n"
+            "start = time.monotonic()\n"
+            "with r.prefect_limit_slot('potstill-kill-test', wait_s=150) as lease:\n"
+            "    print(lease is not None, round(time.monotonic() - start, 1))\n"
+        )
+        done = subprocess.run([sys.executable, "-c", take], capture_output=True, timeout=240, **run)
+    finally:
+        holder.kill()
+    assert done.returncode == 0, done.stderr[-3000:]
+    got, waited = done.stdout.split()
+    assert got == "True" and 40 <= float(waited) <= 150, done.stdout  # waited for the lapse, not at once
 
 
 @pytest.mark.slow
