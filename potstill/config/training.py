@@ -1,0 +1,138 @@
+"""What the student is and how it learns from the teacher: student and distill sections."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from potstill.config.base import Section
+
+
+class StudentConfig(Section):
+    """The student model and its distillation training (TRL SFTTrainer, loss on the label only)."""
+
+    model: str = Field(
+        "pruned-teacher",
+        description="`pruned-teacher` (a copy of the teacher with `layers` kept) or any causal LM as a "
+        "local folder or hub id.",
+    )
+    layers: list[int] | None = Field(
+        default_factory=lambda: [*range(14), 29],
+        description="Teacher layers the pruned student keeps, in order (null: all). Default: first 14, last.",
+    )
+    prompt: str = Field("student_prompt", description="Catalog name of the student prompt template.")
+    epochs: float = Field(1.0, gt=0, description="Training epochs over the accepted teacher labels.")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    learning_rate: float = Field(1e-4, gt=0, lt=1)
+    batch_size: int = Field(16, ge=1, description="Rows per optimizer step.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_length: int = Field(96, ge=8, description="Student prompt + label tokens; longer rows are cut.")
+    bf16: bool = Field(False, description="bf16 autocast (GPU only; TRL's default assumes a GPU).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (GPU-sized models).")
+    use_cpu: bool = Field(True, description="Train on CPU even when an accelerator is visible.")
+    logging_steps: int = Field(10, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    num_processes: int = Field(
+        1,
+        ge=1,
+        description="Training processes (ranks). >1: the train step runs `accelerate launch` with this many "
+        "ranks (potstill/launch.py); batch_size stays the global batch and must divide evenly.",
+    )
+    accelerate_config: str | None = Field(
+        None,
+        description="accelerate config file for num_processes > 1 (e.g. infra/accelerate/fsdp2.yaml); "
+        "null: DDP (`--multi_gpu`; over gloo on CPU with use_cpu).",
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_unique(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("must keep at least one layer")
+            if len(set(v)) != len(v) or any(i < 0 for i in v):
+                raise ValueError(f"must be distinct non-negative layer indices, got {v}")
+        return v
+
+
+class DistillConfig(Section):
+    """How the student learns from the teacher (potstill/methods/): which method, its loss and LoRA.
+    Training length, batch size, learning rate and precision come from `student`."""
+
+    method: Literal["sft", "step_by_step", "logit_offline", "logit_online", "hidden_states", "on_policy"] = (
+        Field(
+            "sft",
+            description="`sft`: cross-entropy on the teacher's label; `step_by_step`: label + teacher "
+            "rationale as two tasks; `logit_offline`: the stored top-k teacher log-probs; "
+            "`logit_online`: the teacher in memory, full vocabulary; `hidden_states`: matched layers + "
+            "logits; `on_policy`: TRL's DistillationTrainer on the student's own generations. Logit and "
+            "hidden-state methods need the teacher's vocabulary.",
+        )
+    )
+    divergence: Literal["forward_kl", "reverse_kl", "jsd", "tv"] = Field(
+        "forward_kl",
+        description="Teacher-student divergence of the logit methods (on_policy: forward_kl, reverse_kl or "
+        "jsd, mapped onto TRL's generalized JSD beta).",
+    )
+    beta: float = Field(
+        0.5, ge=0.0, le=1.0, description="Generalized JSD mix (divergence jsd): 0 forward, 1 reverse KL."
+    )
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature of both sides (loss times T²).")
+    kd_weight: float = Field(1.0, ge=0, description="Weight of the divergence to the teacher.")
+    ce_weight: float = Field(
+        0.0, ge=0, description="Weight of cross-entropy on the teacher's label tokens beside the divergence."
+    )
+    chunk_size: int = Field(256, ge=1, description="Positions per LM-head chunk (memory: chunk × vocab).")
+    label_weight: float = Field(1.0, ge=0, description="step_by_step: weight of the label task.")
+    rationale_weight: float = Field(1.0, ge=0, description="step_by_step: weight of the rationale task.")
+    rationale_max_length: int = Field(
+        256, ge=8, description="step_by_step: prompt + rationale tokens of the rationale task (longer: cut)."
+    )
+    layer_map: list[tuple[int, int]] | None = Field(
+        None,
+        description="hidden_states: [student_layer, teacher_layer] pairs of decoder layers whose outputs are "
+        "matched (null: each layer of a pruned-teacher student to the layer it was cut from, else evenly "
+        "spaced with last to last).",
+    )
+    hidden_loss: Literal["mse", "cosine"] = Field(
+        "cosine", description="hidden_states: distance of (projected) student and teacher hidden states."
+    )
+    hidden_weight: float = Field(1.0, ge=0, description="hidden_states: weight of the hidden-state loss.")
+    lmbda: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="on_policy: share of batches on the student's own generations; the others use the "
+        "teacher's label as the completion (GKD's lambda; 1: fully on-policy, TRL's behaviour).",
+    )
+    max_new_tokens: int = Field(8, ge=1, description="on_policy: longest student generation in tokens.")
+    lora: bool = Field(False, description="Train LoRA adapters instead of all weights; merged before saving.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_target_modules: str | list[str] = Field(
+        "all-linear", description="Modules that get adapters: `all-linear` (all but the LM head) or names."
+    )
+
+    @model_validator(mode="after")
+    def _sane(self) -> DistillConfig:
+        m = self.method
+        if m == "step_by_step" and self.label_weight <= 0:
+            raise ValueError("step_by_step needs label_weight > 0: inference uses the label task")
+        if m in ("logit_offline", "logit_online") and self.kd_weight + self.ce_weight <= 0:
+            raise ValueError(f"{m}: kd_weight and ce_weight are both 0, nothing would be trained")
+        if m == "hidden_states" and self.hidden_weight + self.kd_weight + self.ce_weight <= 0:
+            raise ValueError("hidden_states: hidden_weight, kd_weight and ce_weight are all 0")
+        if m == "on_policy" and self.divergence == "tv":
+            raise ValueError("on_policy (generalized JSD) needs divergence forward_kl, reverse_kl or jsd")
+        if self.layer_map is not None:
+            if not self.layer_map:
+                raise ValueError("layer_map must name at least one [student, teacher] pair (or be null)")
+            if any(s < 0 or t < 0 for s, t in self.layer_map):
+                raise ValueError(f"layer_map entries must be layer indices >= 0, got {self.layer_map}")
+            students = [s for s, _ in self.layer_map]
+            if len(set(students)) != len(students):
+                raise ValueError(f"layer_map maps a student layer twice: {self.layer_map}")
+        return self
