@@ -12,13 +12,17 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from trl.models.utils import _ForwardRedirection
 
+from potstill.config import DistillConfig
+from potstill.losses import LossParts, TeacherSignal, distillation_loss
 from potstill.methods.inputs import DistillInputs
+
+T = TypeVar("T", bound=Trainer)
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,48 @@ def callbacks(inputs: DistillInputs) -> list[TrainerCallback] | None:
 def require_rows(inputs: DistillInputs) -> None:
     if not inputs.rows:
         raise ValueError("no training rows: every teacher label was routed to review")
+
+
+def self_collated_trainer(
+    cls: type[T], inputs: DistillInputs, rows: list[dict[str, Any]], collator: Any, **extra: Any
+) -> T:
+    """A TRL SFT trainer of class `cls` for a method that tokenizes and collates its own `rows`: the
+    shared arguments, LoRA when configured, tokens/s logging. `extra` goes to the trainer's constructor."""
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    args = SFTConfig(**trainer_kwargs(inputs), max_length=inputs.student.max_length, **custom_data_kwargs())
+    return cls(
+        model=with_lora(inputs.model, inputs),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        data_collator=collator,
+        processing_class=inputs.tokenizer,
+        callbacks=callbacks(inputs),
+        **extra,
+    )
+
+
+def configured_loss(
+    hidden: torch.Tensor,
+    lm_head: torch.nn.Module,
+    signal: TeacherSignal | None,
+    labels: torch.Tensor,
+    d: DistillConfig,
+) -> LossParts:
+    """`distillation_loss` with the divergence, β, temperature, weights and chunk size of `distill:`."""
+    return distillation_loss(
+        hidden,
+        lm_head,
+        signal,
+        divergence=d.divergence,
+        beta=d.beta,
+        temperature=d.temperature,
+        labels=labels,
+        kd_weight=d.kd_weight,
+        ce_weight=d.ce_weight,
+        chunk_size=d.chunk_size,
+    )
 
 
 def completion_hidden(

@@ -26,20 +26,16 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from datasets import Dataset
 from transformers import PreTrainedModel
-from trl import SFTConfig
 
-from potstill.losses import distillation_loss, hidden_state_loss, make_projections
+from potstill.losses import hidden_state_loss, make_projections
 from potstill.methods.common import (
     TrainResult,
-    callbacks,
-    custom_data_kwargs,
+    configured_loss,
     load_teacher,
     require_rows,
     run,
-    trainer_kwargs,
-    with_lora,
+    self_collated_trainer,
 )
 from potstill.methods.data import encode_completion, encode_prompt, join, pad_batch
 from potstill.methods.inputs import DistillInputs
@@ -149,18 +145,7 @@ class HiddenStatesTrainer(LogitOnlineTrainer):
         hidden = hidden_state_loss(s_states, t_states, self.projections, d.hidden_loss)
         loss, parts = d.hidden_weight * hidden, {"hidden": float(hidden.detach())}
         if d.kd_weight + d.ce_weight > 0:
-            logit = distillation_loss(
-                last,
-                head_for(student, self.vocab),
-                signal,
-                divergence=d.divergence,
-                beta=d.beta,
-                temperature=d.temperature,
-                labels=batch["labels_flat"],
-                kd_weight=d.kd_weight,
-                ce_weight=d.ce_weight,
-                chunk_size=d.chunk_size,
-            )
+            logit = configured_loss(last, head_for(student, self.vocab), signal, batch["labels_flat"], d)
             # without a teacher signal (kd_weight 0) the helper returns the bare CE: weight it here
             loss = loss + (logit.loss if signal is not None else d.ce_weight * logit.loss)
             parts.update(kd=logit.kd, ce=logit.ce)
@@ -183,15 +168,8 @@ def make_trainer(inputs: DistillInputs) -> HiddenStatesTrainer:
     teacher, vocab = load_teacher(inputs)
     pairs = layer_map(inputs, teacher)
     projections = make_projections(inputs.model.config.hidden_size, teacher.config.hidden_size, len(pairs))
-    args = SFTConfig(**trainer_kwargs(inputs), **custom_data_kwargs())
-    model = with_lora(inputs.model, inputs)
-    trainer = HiddenStatesTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(examples(inputs)),
-        data_collator=Collator(inputs.tokenizer.pad_token_id),
-        processing_class=inputs.tokenizer,
-        callbacks=callbacks(inputs),
+    trainer = self_collated_trainer(
+        HiddenStatesTrainer, inputs, examples(inputs), Collator(inputs.tokenizer.pad_token_id)
     )
     trainer.distill, trainer.pairs = inputs.distill, pairs
     trainer.attach_teacher(teacher, vocab)

@@ -27,21 +27,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from trl import SFTConfig, SFTTrainer
+from trl import SFTTrainer
 
-from potstill.losses import LossParts, SparseSignal, distillation_loss
+from potstill.losses import LossParts, SparseSignal
 from potstill.methods.common import (
     MeteredMixin,
     TrainResult,
-    callbacks,
     completion_hidden,
-    custom_data_kwargs,
+    configured_loss,
     require_rows,
     run,
-    trainer_kwargs,
-    with_lora,
+    self_collated_trainer,
 )
 from potstill.methods.data import encode_completion, encode_prompt, join, pad_batch
 from potstill.methods.inputs import DistillInputs
@@ -133,19 +130,10 @@ class SignalCollator:
 
 def offline_loss(model: PreTrainedModel, batch: dict[str, torch.Tensor], inputs: DistillInputs) -> LossParts:
     """kd_weight · divergence(student ‖ stored teacher signal) + ce_weight · CE on the completion tokens."""
-    d = inputs.distill
     signal = SparseSignal(batch["top_ids"], batch["top_logprobs"], batch["tail"])
-    return distillation_loss(
-        completion_hidden(model, batch),
-        model.get_output_embeddings(),
-        signal,
-        divergence=d.divergence,
-        beta=d.beta,
-        temperature=d.temperature,
-        labels=batch["labels_flat"],
-        kd_weight=d.kd_weight,
-        ce_weight=d.ce_weight,
-        chunk_size=d.chunk_size,
+    head = model.get_output_embeddings()
+    return configured_loss(
+        completion_hidden(model, batch), head, signal, batch["labels_flat"], inputs.distill
     )
 
 
@@ -187,17 +175,8 @@ def train(inputs: DistillInputs) -> TrainResult:
     )
     if taught == 0:
         log.warning("logit_offline: no position has a teacher signal; this trains like sft")
-    dataset = Dataset.from_list([{"row": i, "length": len(t.ids)} for i, t in enumerate(targets)])
-    args = SFTConfig(**trainer_kwargs(inputs), max_length=inputs.student.max_length, **custom_data_kwargs())
-    model = with_lora(inputs.model, inputs)
+    rows = [{"row": i, "length": len(t.ids)} for i, t in enumerate(targets)]
     pad = inputs.tokenizer.pad_token_id
-    trainer = LogitOfflineTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=inputs.tokenizer,
-        data_collator=SignalCollator(targets, pad if pad is not None else inputs.tokenizer.eos_token_id),
-        callbacks=callbacks(inputs),
-        distill_inputs=inputs,
-    )
-    return run(trainer, inputs, model, len(inputs.rows))
+    collator = SignalCollator(targets, pad if pad is not None else inputs.tokenizer.eos_token_id)
+    trainer = self_collated_trainer(LogitOfflineTrainer, inputs, rows, collator, distill_inputs=inputs)
+    return run(trainer, inputs, trainer.model, len(inputs.rows))

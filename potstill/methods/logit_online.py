@@ -13,23 +13,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from datasets import Dataset
 from transformers import PreTrainedModel
-from trl import SFTConfig, SFTTrainer
+from trl import SFTTrainer
 
 from potstill.config import DistillConfig
-from potstill.losses import DenseSignal, distillation_loss
+from potstill.losses import DenseSignal
 from potstill.methods.common import (
     MeteredMixin,
     TrainResult,
-    callbacks,
     completion_hidden,
-    custom_data_kwargs,
+    configured_loss,
     load_teacher,
     require_rows,
     run,
-    trainer_kwargs,
-    with_lora,
+    self_collated_trainer,
 )
 from potstill.methods.data import encode_completion, encode_prompt, join, pad_batch, prefixed
 from potstill.methods.inputs import DistillInputs
@@ -89,18 +86,9 @@ class LogitOnlineTrainer(TeacherMixin, MeteredMixin, SFTTrainer):
     def distill_loss(
         self, student: PreTrainedModel, batch: dict[str, torch.Tensor], signal: DenseSignal
     ) -> Any:
-        d = self.distill
-        parts = distillation_loss(
-            completion_hidden(student, batch),
-            head_for(student, self.vocab),
-            signal,
-            divergence=d.divergence,
-            beta=d.beta,
-            temperature=d.temperature,
-            labels=batch["labels_flat"],
-            kd_weight=d.kd_weight,
-            ce_weight=d.ce_weight,
-            chunk_size=d.chunk_size,
+        hidden = completion_hidden(student, batch)
+        parts = configured_loss(
+            hidden, head_for(student, self.vocab), signal, batch["labels_flat"], self.distill
         )
         return parts.loss, {"kd": parts.kd, "ce": parts.ce}
 
@@ -118,15 +106,8 @@ def make_trainer(inputs: DistillInputs) -> LogitOnlineTrainer:
     """The trainer, with the teacher loaded and the vocabularies checked (before any step)."""
     require_rows(inputs)
     teacher, vocab = load_teacher(inputs)
-    args = SFTConfig(**trainer_kwargs(inputs), **custom_data_kwargs())
-    model = with_lora(inputs.model, inputs)
-    trainer = LogitOnlineTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(examples(inputs)),
-        data_collator=Collator(inputs.tokenizer.pad_token_id),
-        processing_class=inputs.tokenizer,
-        callbacks=callbacks(inputs),
+    trainer = self_collated_trainer(
+        LogitOnlineTrainer, inputs, examples(inputs), Collator(inputs.tokenizer.pad_token_id)
     )
     trainer.distill = inputs.distill
     trainer.attach_teacher(teacher, vocab)

@@ -19,22 +19,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from datasets import Dataset
 from transformers import PreTrainedModel
-from trl import SFTConfig, SFTTrainer
+from trl import SFTTrainer
 
 from potstill.config import DistillConfig
 from potstill.losses import distillation_loss
 from potstill.methods.common import (
     MeteredMixin,
     TrainResult,
-    callbacks,
     completion_hidden,
-    custom_data_kwargs,
     require_rows,
     run,
-    trainer_kwargs,
-    with_lora,
+    self_collated_trainer,
 )
 from potstill.methods.data import encode_completion, encode_prompt, join, pad_batch, prefixed
 from potstill.methods.inputs import DistillInputs
@@ -120,15 +116,8 @@ class StepByStepTrainer(MeteredMixin, SFTTrainer):
 
 def make_trainer(inputs: DistillInputs) -> StepByStepTrainer:
     require_rows(inputs)
-    args = SFTConfig(**trainer_kwargs(inputs), **custom_data_kwargs())
-    model = with_lora(inputs.model, inputs)
-    trainer = StepByStepTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(examples(inputs)),
-        data_collator=Collator(inputs.tokenizer.pad_token_id),
-        processing_class=inputs.tokenizer,
-        callbacks=callbacks(inputs),
+    trainer = self_collated_trainer(
+        StepByStepTrainer, inputs, examples(inputs), Collator(inputs.tokenizer.pad_token_id)
     )
     trainer.distill = inputs.distill
     return trainer
