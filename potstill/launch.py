@@ -295,17 +295,13 @@ def _train(spec: WorkerSpec, cfg: RunConfig, classifier: Any, rows: list[dict[st
 
     tp = spec.teacher_prompt
     return train_method(
-        DistillInputs(
-            model=classifier.model,
-            tokenizer=classifier.tokenizer,
-            rows=rows,
-            prompt=classifier.prompt,
-            student=cfg.student,
-            distill=cfg.distill,
-            output_dir=Path(spec.trainer_dir),
+        DistillInputs.for_run(
+            cfg,
+            classifier,
+            rows,
+            Path(spec.trainer_dir),
             seed=spec.seed,
             on_log=on_log,
-            teacher_model=cfg.teacher.model,
             teacher_prompt=PromptTemplate(tp["name"], tp["text"]) if tp else None,
             signals_dir=Path(spec.signals_dir) if spec.signals_dir else None,
         )

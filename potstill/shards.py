@@ -130,6 +130,18 @@ class ShardRun:
     def signals_path(self, index: int) -> Path:
         return self.folder / f"shard-{index:05d}.signals.npz"
 
+    def signal_footprint(self) -> tuple[int, int]:
+        """(teacher tokens with a stored signal, bytes on disk) over the shards' signal files."""
+        from potstill.signals import read_signals
+
+        tokens = size = 0
+        for i in range(len(self.shards)):
+            path = self.signals_path(i)
+            if path.exists():
+                tokens += sum(s.n_tokens for s in read_signals(path))
+                size += path.stat().st_size
+        return tokens, size
+
     def finished(self) -> list[int]:
         return [i for i in range(len(self.shards)) if self.shard_path(i).exists()]
 
@@ -238,15 +250,7 @@ def label_sharded(
         if after_shard is not None:
             after_shard(index)
     records = run.merge(row_ids)
-    tokens = size = 0
-    if signals_top_k:
-        from potstill.signals import read_signals
-
-        for i in range(len(run.shards)):
-            path = run.signals_path(i)
-            if path.exists():
-                tokens += sum(s.n_tokens for s in read_signals(path))
-                size += path.stat().st_size
+    tokens, size = run.signal_footprint() if signals_top_k else (0, 0)
     return ShardResult(records, folder, resumed, labeled, seconds, tokens, size)
 
 

@@ -26,9 +26,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 
+from potstill.methods.common import ForwardLogs
 from potstill.prompts import PromptTemplate, label_completion
 
 EXPLANATION_PREFIX = "\nExplanation:"
@@ -163,17 +164,6 @@ class TeacherTuningTrainer(SFTTrainer):
         super().log(logs, start_time)
 
 
-class _Forward(TrainerCallback):
-    def __init__(self, fn: Callable[[int, dict[str, float]], None]):
-        self.fn = fn
-
-    def on_log(
-        self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any
-    ) -> None:
-        if logs:
-            self.fn(state.global_step, {k: float(v) for k, v in logs.items() if isinstance(v, int | float)})
-
-
 def as_trainable(model: PreTrainedModel) -> PreTrainedModel:
     """A plain copy of a model whose config still carries a GGUF quantization record (the converted
     package teacher): the Trainer refuses to fine-tune a model it believes is quantized, although its
@@ -235,7 +225,7 @@ def tune_teacher(
         args=args,
         train_dataset=Dataset.from_list(tuning_examples(rows, prompt)),
         processing_class=tokenizer,
-        callbacks=[_Forward(on_log)] if on_log else None,
+        callbacks=[ForwardLogs(on_log)] if on_log else None,
         newline_id=newline_ids[0],
         label_weight=settings.label_weight,
         explanation_weight=settings.explanation_weight,

@@ -229,15 +229,7 @@ def label_on_ray(
         )
     records = run.merge(row_ids)
     labeled = sum(o.rows for o in outcomes if not o.skipped)
-    tokens = size = 0
-    if signals_top_k:
-        from potstill.signals import read_signals
-
-        for i in range(len(run.shards)):
-            path = run.signals_path(i)
-            if path.exists():
-                tokens += sum(s.n_tokens for s in read_signals(path))
-                size += path.stat().st_size
+    tokens, size = run.signal_footprint() if signals_top_k else (0, 0)
     out = RayLabeling(
         ShardResult(records, folder, resumed, labeled, seconds if pending else 0.0, tokens, size),
         outcomes,

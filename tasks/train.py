@@ -79,17 +79,13 @@ def train_student(
     else:
         student = Classifier.load(base)
         result = distill_student(
-            DistillInputs(
-                model=student.model,
-                tokenizer=student.tokenizer,
-                rows=train_rows,
-                prompt=student.prompt,
-                student=cfg.student,
-                distill=cfg.distill,
-                output_dir=default_cache_dir() / "trainer" / run_id,
+            DistillInputs.for_run(
+                cfg,
+                student,
+                train_rows,
+                default_cache_dir() / "trainer" / run_id,
                 seed=cfg.data.seed,
                 on_log=on_log,
-                teacher_model=cfg.teacher.model,
                 teacher_prompt=teacher_prompt,
                 signals_dir=Path(signals_dir) if signals_dir else None,
             )

@@ -13,7 +13,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from potstill.prompts import PromptTemplate
 
 if TYPE_CHECKING:
-    from potstill.config import DistillConfig, StudentConfig
+    from potstill.classifier import Classifier
+    from potstill.config import DistillConfig, RunConfig, StudentConfig
 
 
 @dataclass
@@ -34,3 +35,33 @@ class DistillInputs:
     )
     teacher_prompt: PromptTemplate | None = None
     signals_dir: Path | None = None  # the teacher's stored top-k signal shards (logit_offline)
+
+    @classmethod
+    def for_run(
+        cls,
+        cfg: RunConfig,
+        student: Classifier,
+        rows: list[dict[str, Any]],
+        output_dir: Path,
+        *,
+        seed: int,
+        on_log: Callable[[int, dict[str, float]], None] | None,
+        teacher_prompt: PromptTemplate | None,
+        signals_dir: Path | None,
+    ) -> DistillInputs:
+        """The inputs of a pipeline run: the loaded student and the run config's student, distill and
+        teacher settings. The in-process path and each `accelerate launch` rank build them here alike."""
+        return cls(
+            model=student.model,
+            tokenizer=student.tokenizer,
+            rows=rows,
+            prompt=student.prompt,
+            student=cfg.student,
+            distill=cfg.distill,
+            output_dir=output_dir,
+            seed=seed,
+            on_log=on_log,
+            teacher_model=cfg.teacher.model,
+            teacher_prompt=teacher_prompt,
+            signals_dir=signals_dir,
+        )
