@@ -46,6 +46,11 @@ def retrain(
     catalog = Catalog.from_file(root / "catalog" / "catalog.yaml", cfg.catalog)
     client = configure(root)
     teacher_prompt, student_prompt = catalog.prompt(cfg.teacher.prompt), catalog.prompt(cfg.student.prompt)
+    # As in the distill flow: the new rows are labeled with what the method trains on (logit_offline:
+    # signals, step_by_step: rationales). Rows carried over from the champion's train_set keep their
+    # rationales; logit_offline trains them on their labels alone (their signals were another run's).
+    teacher = cfg.teacher.for_method(cfg.distill.method)
+    rationale_prompt = catalog.prompt(teacher.rationale_prompt) if teacher.rationale else None
     run = client.create_run(
         experiment_id(client, cfg.registry.experiment, root),
         run_name=f"retrain-{runtime.flow_run.name}",
@@ -58,7 +63,9 @@ def retrain(
     )
     run_id = run.info.run_id
     prompt_versions = {
-        p.name: catalog.prompt_version(p.name, run_id) for p in (teacher_prompt, student_prompt)
+        p.name: catalog.prompt_version(p.name, run_id)
+        for p in (teacher_prompt, student_prompt, rationale_prompt)
+        if p is not None
     }
     for name, record in prompt_versions.items():
         client.set_tag(run_id, f"prompt.{name}", f"{record.name} md5:{record.md5}")
@@ -83,7 +90,7 @@ def retrain(
             from_read_result(gold_read),
         )
         new = validate_dataset(catalog, cfg.monitor.incoming, incoming["rows"], run_id, limits, keep)
-        labeled = label_with_teacher(new.rows, cfg.teacher, teacher_prompt, labels, "incoming")
+        labeled = label_with_teacher(new.rows, teacher, teacher_prompt, labels, "incoming", rationale_prompt)
         teacher_gold = label_with_teacher(gold.rows, cfg.teacher, teacher_prompt, labels, "gold")
         checked = validate_dataset(catalog, "teacher_labels", labeled["rows"], run_id, limits, keep)
         version = prompt_versions[teacher_prompt.name].name
@@ -122,7 +129,12 @@ def retrain(
             "train_set": store_entry(catalog, "train_set", merged["rows"], run_id),
             "teacher_gold_labels": store_entry(catalog, "teacher_gold_labels", teacher_gold["rows"], run_id),
         }
-        continued = cfg.model_copy(update={"student": cfg.retrain.student_settings(cfg.student)})
+        continued = cfg.model_copy(
+            update={
+                "student": cfg.retrain.student_settings(cfg.student),
+                "distill": cfg.distill.model_copy(update={"missing_signals": "label"}),
+            }
+        )
         batch_size = cfg.student.eval_batch_size
         before = predict_gold(champion["folder"], gold.rows, batch_size, "champion")
         trained = train_student(
@@ -132,6 +144,7 @@ def retrain(
             catalog.path("student"),
             run_id,
             teacher_prompt,
+            labeled.get("signals_dir"),  # logit_offline: the new rows' stored top-k shards
         )
         after = predict_gold(trained["folder"], gold.rows, batch_size, "retrained student")
         metrics = evaluate(gold.rows, labels, teacher_gold, before, after, run_id)

@@ -301,6 +301,36 @@ def test_promoted_retrain_then_rollback_restores_the_previous_champion(
     assert _champion(client) == before
 
 
+@pytest.mark.slow
+def test_logit_offline_retrain_labels_the_new_rows_with_signals(
+    distilled: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A retrain with distill.method logit_offline: the new rows are labeled with stored top-k signals
+    (teacher.store_signals is off in params.yaml; the method turns it on), and the rows carried over from
+    the champion's train_set, which were labeled without signals, train on their labels."""
+    from flows.retrain import retrain
+
+    params = _params(tiny_model_dir, min_improvement=1.0)  # refused: the champion stays for other tests
+    params["distill"] = {"method": "logit_offline"}
+    assert not params["teacher"].get("store_signals")
+    champion = _champion(MlflowClient())
+    out = retrain(params=params, project=str(distilled))
+    run = MlflowClient().get_run(out["run_id"])
+    assert run.data.tags["potstill.distill_method"] == "logit_offline"
+    assert run.data.params["distill.method"] == "logit_offline"
+    assert run.data.metrics["train_steps"] == 2
+    assert _champion(MlflowClient()) == champion
+    catalog = Catalog.from_file(distilled / "catalog" / "catalog.yaml")
+    merged = catalog.load("train_set", out["train_set"].split()[0])
+    new_ids = {r["id"] for r in merged if str(r["id"]).startswith("inc-")}
+    from potstill.signals import load_signals, signal_key
+
+    cache = Path(os.environ["POTSTILL_CACHE"])
+    folders = [m.parent for m in (cache / "labels").glob("*/manifest.json") if any(m.parent.glob("*.npz"))]
+    keys = {k for f in folders for k in load_signals(f)}
+    assert new_ids and {signal_key(i) for i in new_ids} <= keys
+
+
 def test_merge_rule_new_rows_win_and_replay_sample() -> None:
     from potstill.retrain import continuation_rows, merge_train_sets
 

@@ -345,6 +345,26 @@ def test_logit_offline_names_rows_without_signals(tiny_model_dir, labeled, tmp_p
         train(_inputs(tiny_model_dir, rows, tmp_path, tmp_path))
 
 
+def test_rows_without_signals_train_on_their_label_when_allowed(tiny_model_dir, labeled, tmp_path):
+    """distill.missing_signals: label (what a retrain uses for rows carried over from the champion's
+    train_set): those rows are one-hot on their label at every position, the others keep their signal."""
+    from potstill.methods.logit_offline import build_targets, train
+
+    rows, folder = labeled
+    extra = [{**rows[0], "id": f"new-{i}"} for i in range(3)]
+    inputs = _inputs(tiny_model_dir, rows + extra, folder, tmp_path, missing_signals="label")
+    targets = build_targets(inputs.rows, inputs, load_signals(folder))
+    carried, taught = targets[len(rows) :], targets[: len(rows)]
+    assert all(t.teacher_positions == 0 for t in carried)
+    assert any(t.teacher_positions > 0 for t in taught)
+    for t in carried:  # one-hot: the completion's own token with log-probability 0, nothing else
+        completion = torch.tensor(t.ids[len(t.ids) - t.completion_len :])
+        assert torch.equal(t.top_ids[:, 0], completion) and (t.top_ids[:, 1:] == -1).all()
+        assert (t.top_logprobs[:, 0] == 0).all() and (t.tail == 0).all()
+    result = train(inputs)
+    assert result.steps == 4 and math.isfinite(result.final_loss)
+
+
 def test_vllm_prompt_logprobs_become_forced_tokens():
     from types import SimpleNamespace
 

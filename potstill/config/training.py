@@ -85,6 +85,12 @@ class DistillConfig(Section):
         0.0, ge=0, description="Weight of cross-entropy on the teacher's label tokens beside the divergence."
     )
     chunk_size: int = Field(256, ge=1, description="Positions per LM-head chunk (memory: chunk × vocab).")
+    missing_signals: Literal["error", "label"] = Field(
+        "error",
+        description="logit_offline: a training row with no stored teacher signal stops the run (error) or "
+        "trains on its label alone (label). The retrain flow uses `label` for the rows it carries over "
+        "from the champion's train_set, whose signals belong to an earlier labeling.",
+    )
     label_weight: float = Field(1.0, ge=0, description="step_by_step: weight of the label task.")
     rationale_weight: float = Field(1.0, ge=0, description="step_by_step: weight of the rationale task.")
     rationale_max_length: int = Field(

@@ -66,22 +66,25 @@ class RowTargets:
     teacher_positions: int  # leading positions that carry the teacher's signal; the rest are one-hot
 
 
-def aligned_targets(completion: list[int], stored: RowSignals, k: int) -> tuple[torch.Tensor, ...]:
+def aligned_targets(completion: list[int], stored: RowSignals | None, k: int) -> tuple[torch.Tensor, ...]:
     """(top_ids [c, k], top_logprobs [c, k], tail [c], teacher positions) for a completion of c tokens:
     the stored signal while the stored tokens equal the completion's, one-hot on the completion after the
-    first difference (the stored distributions there were conditioned on other tokens)."""
+    first difference (the stored distributions there were conditioned on other tokens). No stored signal:
+    one-hot throughout."""
     c = len(completion)
-    stored_ids = stored.token_ids.astype(np.int64)
     same = 0
-    while same < min(c, len(stored_ids)) and int(stored_ids[same]) == completion[same]:
-        same += 1
+    if stored is not None:
+        stored_ids = stored.token_ids.astype(np.int64)
+        while same < min(c, len(stored_ids)) and int(stored_ids[same]) == completion[same]:
+            same += 1
     top_ids = torch.full((c, k), -1, dtype=torch.long)
     top_lp = torch.full((c, k), float("-inf"), dtype=torch.float32)
     tail = torch.zeros(c, dtype=torch.float32)
-    width = stored.top_ids.shape[1]
-    top_ids[:same, :width] = torch.from_numpy(stored.top_ids[:same].astype(np.int64))
-    top_lp[:same, :width] = torch.from_numpy(stored.top_logprobs[:same].astype(np.float32))
-    tail[:same] = torch.from_numpy(stored.tail[:same].astype(np.float32))
+    if stored is not None:
+        width = stored.top_ids.shape[1]
+        top_ids[:same, :width] = torch.from_numpy(stored.top_ids[:same].astype(np.int64))
+        top_lp[:same, :width] = torch.from_numpy(stored.top_logprobs[:same].astype(np.float32))
+        tail[:same] = torch.from_numpy(stored.tail[:same].astype(np.float32))
     if same < c:
         top_ids[same:, 0] = torch.tensor(completion[same:], dtype=torch.long)
         top_lp[same:, 0] = 0.0
@@ -94,19 +97,23 @@ def build_targets(
     """Tokenize every row as inference reads it and align its stored signal; MissingSignalsError lists
     the rows that have none."""
     missing = [r.get("id") for r in rows if signal_key(r.get("id")) not in signals]
-    if missing:
+    if missing and inputs.distill.missing_signals == "error":
         raise MissingSignalsError(
             f"{len(missing)} of {len(rows)} training rows have no stored teacher signal in "
             f"{inputs.signals_dir} (first ids: {missing[:SHOW_IDS]}); the signals must come from the "
-            "labeling run that produced these rows (teacher.store_signals, same prompts and teacher)"
+            "labeling run that produced these rows (teacher.store_signals, same prompts and teacher), "
+            "or set distill.missing_signals: label to train those rows on their label alone"
         )
-    k = max(signals[signal_key(r["id"])].top_ids.shape[1] for r in rows)
+    if missing:
+        log.info("logit_offline: %d row(s) without a stored signal train on their label alone", len(missing))
+    k = max((s.top_ids.shape[1] for s in signals.values()), default=1)
     tok: PreTrainedTokenizerBase = inputs.tokenizer
     out = []
     for r in rows:
         prompt = encode_prompt(tok, inputs.prompt, r)
         ids, c = join(prompt, encode_completion(tok, label_completion(r["label"])), inputs.student.max_length)
-        top_ids, top_lp, tail, same = aligned_targets(ids[len(ids) - c :], signals[signal_key(r["id"])], k)
+        stored = signals.get(signal_key(r["id"]))
+        top_ids, top_lp, tail, same = aligned_targets(ids[len(ids) - c :], stored, k)
         out.append(RowTargets(ids, c, top_ids, top_lp, tail, int(same)))
     return out
 
