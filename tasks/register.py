@@ -302,21 +302,23 @@ def register_student(
 
 def promote_version(cfg: RunConfig, version: str, force: bool = False) -> tuple[PromotionDecision, bool]:
     """Judge `version` against the current champion with the same gate as a run; apply when it passes
-    (or with force). Returns the decision and whether the aliases changed."""
+    (or with force). Returns the decision and whether the aliases changed. Inside the registry slot, like a
+    run's gate, so a run promoting at the same moment cannot interleave."""
     client = MlflowClient()
     name = cfg.registry.model_name
     target = client.get_model_version(name, version)
-    champion = current_alias(client, name, "champion")
-    if champion is not None and champion.version == target.version:
-        raise ValueError(f"{name} version {version} is the champion already")
-    decision = judge(client, cfg, dict(client.get_run(target.run_id).data.metrics), champion)
-    if not (decision.promote or force):
-        return decision, False
-    plan: dict[str, str | None] = {"champion": str(target.version)}
-    if champion is not None:
-        plan["previous"] = str(champion.version)
-    apply_aliases(client, name, plan)
-    record_decision(client, name, str(target.version), decision, "manual --force" if force else "manual")
+    with registry_slot():
+        champion = current_alias(client, name, "champion")
+        if champion is not None and champion.version == target.version:
+            raise ValueError(f"{name} version {version} is the champion already")
+        decision = judge(client, cfg, dict(client.get_run(target.run_id).data.metrics), champion)
+        if not (decision.promote or force):
+            return decision, False
+        plan: dict[str, str | None] = {"champion": str(target.version)}
+        if champion is not None:
+            plan["previous"] = str(champion.version)
+        apply_aliases(client, name, plan)
+        record_decision(client, name, str(target.version), decision, "manual --force" if force else "manual")
     return decision, True
 
 
@@ -324,12 +326,13 @@ def rollback(cfg: RunConfig) -> dict[str, str | None]:
     """`previous` becomes `champion` again; the demoted version is tagged so the registry shows why."""
     client = MlflowClient()
     name = cfg.registry.model_name
-    champion = current_alias(client, name, "champion")
-    previous = current_alias(client, name, "previous")
-    plan = rollback_plan(
-        str(champion.version) if champion else None, str(previous.version) if previous else None
-    )
-    apply_aliases(client, name, plan)
-    if champion is not None:
-        client.set_model_version_tag(name, champion.version, "potstill.decision", "rolled back")
+    with registry_slot():
+        champion = current_alias(client, name, "champion")
+        previous = current_alias(client, name, "previous")
+        plan = rollback_plan(
+            str(champion.version) if champion else None, str(previous.version) if previous else None
+        )
+        apply_aliases(client, name, plan)
+        if champion is not None:
+            client.set_model_version_tag(name, champion.version, "potstill.decision", "rolled back")
     return {"demoted": str(champion.version) if champion else None, "champion": plan["champion"]}

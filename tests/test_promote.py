@@ -96,3 +96,37 @@ def test_champion_whose_run_is_in_another_tracking_store_is_a_clear_error(regist
     champion = elsewhere.get_model_version_by_alias(NAME, "champion")
     with pytest.raises(RuntimeError, match=f"run {champion.run_id}.*other.db.*MLFLOW_REGISTRY_URI"):
         judge(elsewhere, validate({}), {"student_accuracy": 0.9}, champion)
+
+
+def test_manual_promote_and_rollback_wait_for_the_registry_slot(registry) -> None:
+    """A run's gate holds the registry slot: `potstill promote` and `--rollback` wait for it rather than
+    moving aliases between the run's read of the champion and its write."""
+    import threading
+    import time
+
+    from tasks.register import registry_slot
+
+    _, client = registry
+    v1 = _version(client, 0.70, 0.70)
+    client.set_registered_model_alias(NAME, "champion", v1)
+    v2 = _version(client, 0.80, 0.80)
+    cfg = validate({"promotion": {"min_improvement": 0.01}})
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with registry_slot():
+            held.set()
+            release.wait(timeout=30)
+
+    for step in (lambda: promote_version(cfg, v2), lambda: rollback(cfg)):
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert held.wait(timeout=30)
+        threading.Timer(1.0, release.set).start()
+        start = time.monotonic()
+        step()
+        assert time.monotonic() - start >= 0.9  # it waited for the holder
+        holder.join()
+        held.clear()
+        release.clear()
+    assert client.get_model_version_by_alias(NAME, "champion").version == int(v1)  # promoted, rolled back
