@@ -97,10 +97,15 @@ def run_params(project: Path, args: argparse.Namespace, teacher: str, gpu: bool)
     return params
 
 
-def run_method(project: Path, method: str, log: Path, timeout: float | None) -> dict[str, Any]:
-    """`potstill run` for one method in its own process: returns rc, wall seconds and peak RSS (MB)."""
+def run_method(
+    project: Path, method: str, log: Path, timeout: float | None, steps: int | None = None
+) -> dict[str, Any]:
+    """`potstill run` for one method in its own process: returns rc, wall seconds and peak RSS (MB).
+    `steps` overrides student.max_steps for this method only (the table shows each method's steps)."""
     cmd = [str(ROOT / ".venv" / "bin" / "potstill"), "--project", str(project), "run"]
     cmd += ["-o", f"distill.method={method}"]
+    if steps is not None:
+        cmd += ["-o", f"student.max_steps={steps}"]
     start = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=project, stdout=out, stderr=subprocess.STDOUT)
@@ -204,20 +209,20 @@ def _pct(x: float | None) -> str:
 def table(results: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> list[str]:
     head = (
         "| model | ConjNLI acc | macro-F1 | recall ent / neu / con | % of teacher acc | e-SNLI held-out acc "
-        "| agreement ConjNLI / e-SNLI | train tokens/s | peak RSS MB | wall s | signal bytes/token |"
+        "| agreement ConjNLI / e-SNLI | steps | train tokens/s | peak RSS MB | wall s | signal bytes/token |"
     )
     rec = teacher["conj_recall"]
     lines = [
         head,
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
         f"| teacher (tuned, 30 layers) | {_pct(teacher['conj_acc'])} | {_pct(teacher['conj_f1'])} "
         f"| {' / '.join(f'{rec[lab]:.2f}' for lab in T.LABELS)} | 100 | {_pct(teacher['esnli']['accuracy'])} "
-        "| - | - | - | - | - |",
+        "| - | - | - | - | - | - |",
     ]
     for method, r in results.items():
         if "error" in r:
             lines.append(
-                f"| {method} | failed: {r['error'].replace('|', '/')} | | | | | | | | "
+                f"| {method} | failed: {r['error'].replace('|', '/')} | | | | | | | | | "
                 f"{r.get('wall_s', 0):.0f} | |"
             )
             continue
@@ -227,7 +232,8 @@ def table(results: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> list[s
             f"| {method} | {_pct(c['accuracy'])} | {_pct(c['macro_f1'])} "
             f"| {' / '.join(f'{rec[lab]:.2f}' for lab in T.LABELS)} "
             f"| {100 * c['accuracy'] / teacher['conj_acc']:.0f} | {_pct(r['esnli']['accuracy'])} "
-            f"| {_pct(r['agreement_conj'])} / {_pct(r['agreement_esnli'])} | {r['tokens_per_s']:.0f} "
+            f"| {_pct(r['agreement_conj'])} / {_pct(r['agreement_esnli'])} | {r.get('steps') or 0:.0f} "
+            f"| {r['tokens_per_s']:.0f} "
             f"| {r['peak_rss_mb']:.0f} | {r['wall_s']:.0f} | {'0' if signal is None else f'{signal:.0f}'} |"
         )
     return lines
@@ -258,6 +264,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", default="all", help=f"comma-separated subset of {','.join(METHODS)}, or all")
     p.add_argument("--prompts", type=int, default=None, help="ConjNLI prompts labeled (data.max_prompts)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per method (student.max_steps)")
+    p.add_argument(
+        "--on-policy-steps",
+        type=int,
+        default=None,
+        help="optimizer steps for on_policy only (default: --steps). On CPU each on_policy step costs "
+        "several times another method's (the student generates first); the table's steps column shows it",
+    )
     p.add_argument("--epochs", type=float, default=1.0, help="student.epochs, used when --steps is -1")
     p.add_argument("--batch-size", type=int, default=None, help="student.batch_size")
     p.add_argument("--lr", type=float, default=1e-4, help="student.learning_rate")
@@ -339,7 +352,8 @@ def main(argv: list[str] | None = None) -> None:
     for method in args.methods:
         log = project / "logs" / f"{method}.log"
         print(f"== {method}: potstill run (log: {log})", flush=True)
-        run = run_method(project, method, log, args.timeout_s)
+        steps = args.on_policy_steps if method == "on_policy" else None
+        run = run_method(project, method, log, args.timeout_s, steps)
         if run["rc"] != 0:
             results[method] = {**run, "error": ("timed out: " if run["timed_out"] else "") + last_error(log)}
             print(f"   failed rc={run['rc']} after {run['wall_s']:.0f}s: {results[method]['error']}")
@@ -398,6 +412,8 @@ def report(
     machine = f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads, "
     machine += f"{torch.cuda.get_device_name(0) if gpu else 'cpu'})"
     command = f"python benchmarks/methods.py --size {args.size} --methods {','.join(args.methods)}"
+    if args.on_policy_steps is not None:
+        command += f" --on-policy-steps {args.on_policy_steps}"
     tuned = meta.get("settings", {})
     ev = meta.get("eval", {})
     extra = [
