@@ -15,6 +15,7 @@ otherwise skips, saying why.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -215,8 +216,11 @@ def test_failing_rank_raises_with_its_log(netns: list[str], tmp_path: Path) -> N
             echo=lambda line: None,
         )
     message = str(err.value)
-    assert "rank0 failed" in message and "rank1 failed" in message
-    assert "no-such-student" in message
+    # Both ranks hit the missing student; the first to fail makes torchrun stop the other, which under load
+    # can happen before it writes its own report: at least one rank's report, each naming the cause.
+    reports = re.findall(r"--- rank(\d) failed:\n(.*?)(?=\n--- |\Z)", message, flags=re.S)
+    assert reports, message
+    assert all("no-such-student" in text for _, text in reports), message
     assert not (tmp_path / "student").exists()
 
 
