@@ -15,7 +15,7 @@ shifted batch), retrain triggers (one per drift event with the cooldown), and se
 subflow; without it the trigger only logs.
 
 The other domains: `amazon` (product-review sentences) and `tweets`, with human polarity labels, from the
-vaderSentiment sdist (potstill/vader_corpus.py; fetched with pip like the demo corpus); `gsm8k` questions
+vaderSentiment sdist (benchmarks/support/vader_corpus.py; fetched with pip like the demo corpus); `gsm8k` questions
 and `esnli` premises from ../shared/data, which have no sentiment labels. With a labeled domain the
 shifted rows carry their gold `label`: the teacher, the monitor and the trainer never see it (the teacher
 labeling strips it, training uses teacher labels), only the scoring does. Scored then: the retrain flow's
@@ -47,7 +47,7 @@ UNLABELED = {
     "gsm8k": (SHARED / "gsm8k" / "train.jsonl", "question"),
     "esnli": (SHARED / "esnli" / "esnli_dev.jsonl", "premise"),
 }
-LABELED = ("amazon", "tweets")  # potstill.vader_corpus domains: human polarity labels
+LABELED = ("amazon", "tweets")  # benchmarks.support.vader_corpus domains: human polarity labels
 DOMAINS = (*LABELED, *UNLABELED)
 
 
@@ -56,7 +56,7 @@ def other_domain(name: str, n: int) -> list[dict[str, Any]]:
     `label` (e-SNLI repeats each premise for 3 hypotheses, hence distinct)."""
     if name in LABELED:
         from potstill.models import default_cache_dir
-        from potstill.vader_corpus import load_domain
+        from benchmarks.support.vader_corpus import load_domain
 
         rows = load_domain(default_cache_dir() / "downloads", name)
         if len(rows) < n:
@@ -116,7 +116,7 @@ def main() -> None:
 
     from flows.distill import distill
     from flows.monitor_drift import monitor_drift
-    from potstill.catalog import Catalog
+    from potstill.data.catalog import Catalog
 
     params: dict[str, Any] = yaml.safe_load((project / "params.yaml").read_text())
     params["data"].update(max_prompts=args.max_prompts, max_eval_rows=args.max_eval_rows)
@@ -281,7 +281,7 @@ def quality_report(
     """Markdown lines: the retrain flow's own before/after metrics (old gold set, triggering batch), and
     the first champion, the retrained model and the teacher on held-out rows of the new domain."""
     from potstill import metrics as M
-    from potstill.catalog import Catalog
+    from potstill.data.catalog import Catalog
     from potstill.config import validate
     from tasks.label import label_with_teacher
     from tasks.predict import ServedModel, predict_rows

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from potstill.catalog import Catalog
-from potstill.classifier import Classifier
+from potstill.data.catalog import Catalog
+from potstill.training.classifier import Classifier
 from potstill.config import StudentConfig
-from potstill.demo_data import download_sdist, parse_polarity, read_corpus, split_gold
+from potstill.data.demo import download_sdist, parse_polarity, read_corpus, split_gold
 from potstill.env import apply_defaults
 from potstill.models import default_cache_dir, load_model
-from potstill.student import prune_layers
+from potstill.training.student import prune_layers
 from potstill.train import train_student
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/losses_memory.py [--n 2048] [--vocab 49152] [--hidden 576] [--device cpu]
 
-One forward + backward of `potstill.losses.distillation_loss` (KD against a teacher signal + CE on labels)
+One forward + backward of `potstill.training.losses.distillation_loss` (KD against a teacher signal + CE on labels)
 from [N, H] hidden states through an [H → V] LM head, at each chunk size and unchunked (chunk = N). Each
 setting runs in a fresh subprocess so that peaks do not mix. On CPU the peak is the rise of the process's
 resident memory (`getrusage` max RSS after, minus the resident size before the call, inputs already
@@ -48,7 +48,7 @@ def child(args: argparse.Namespace) -> None:
     """One measurement; prints a JSON line."""
     import torch
 
-    from potstill.losses import DenseSignal, SparseSignal, distillation_loss
+    from potstill.training.losses import DenseSignal, SparseSignal, distillation_loss
 
     torch.manual_seed(0)
     device = torch.device(args.device)

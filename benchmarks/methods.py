@@ -145,7 +145,7 @@ def latest_distill_run(client: Any, experiment: str) -> Any:
 
 def signal_bytes_per_token(log: Path, cache: Path, teacher_prefix: str, rows: int) -> float | None:
     """Bytes per stored teacher token: from the labeling log line, else from the shard folder on disk."""
-    from potstill.signals import load_signals
+    from potstill.labeling.signals import load_signals
 
     found = re.findall(r"teacher signals: ([\d.]+) bytes/token \(top-\d+\) in (\S+)", log.read_text())
     folders = [Path(f) for _, f in found]
@@ -330,9 +330,9 @@ def main(argv: list[str] | None = None) -> None:
     from potstill.env import apply_defaults
 
     apply_defaults(project)  # before Prefect or MLflow is imported: stores live in the project
-    from potstill.catalog import Catalog
+    from potstill.data.catalog import Catalog
     from potstill.config import load_config
-    from potstill.importers import import_shared
+    from benchmarks.support.importers import import_shared
 
     spec = T.register_teacher(folder, project)
     params = run_params(project, args, spec, gpu)

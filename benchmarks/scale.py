@@ -42,14 +42,14 @@ apply_defaults(ROOT)
 import torch  # noqa: E402
 from prefect import flow  # noqa: E402
 
-from potstill.catalog import Catalog  # noqa: E402
+from potstill.data.catalog import Catalog  # noqa: E402
 from potstill.config import TeacherConfig  # noqa: E402
-from potstill.demo_data import download_sdist, parse_polarity, read_corpus, split_gold  # noqa: E402
+from potstill.data.demo import download_sdist, parse_polarity, read_corpus, split_gold  # noqa: E402
 from potstill.kinds import KindSpec, Labeled, label_rows  # noqa: E402
 from potstill.models import default_cache_dir  # noqa: E402
-from potstill.ray_labeling import LocalRayHead, _free_port  # noqa: E402
-from potstill.shards import label_sharded  # noqa: E402
-from potstill.teacher import load_backend  # noqa: E402
+from potstill.labeling.ray_shards import LocalRayHead, _free_port  # noqa: E402
+from potstill.labeling.shards import label_sharded  # noqa: E402
+from potstill.labeling.teacher import load_backend  # noqa: E402
 
 LABELS = ("negative", "positive")
 

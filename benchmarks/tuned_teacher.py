@@ -24,11 +24,11 @@ from typing import Any
 import torch
 
 from potstill import metrics as M
-from potstill.importers import read_source, shared_data_dir
+from benchmarks.support.importers import read_source, shared_data_dir
 from potstill.kinds.closed import NLI_LABELS
 from potstill.models import load_model, resolve_source
 from potstill.prompts import PromptTemplate
-from potstill.teacher_tuning import (
+from benchmarks.support.teacher_tuning import (
     META_FILE,
     TuningSettings,
     as_trainable,
@@ -87,7 +87,7 @@ def predict(
     folder_or_model: Any, rows: list[dict[str, Any]], prompt: PromptTemplate, batch: int = 32
 ) -> list[str]:
     """Label-word predictions of a model (or a model folder) under `prompt`."""
-    from potstill.classifier import Classifier
+    from potstill.training.classifier import Classifier
 
     if isinstance(folder_or_model, str | Path):
         model, tokenizer = load_model(str(folder_or_model))

@@ -1,5 +1,4 @@
-"""Prefect flows: only wiring of tasks."""
+"""Prefect flows: only wiring of tasks.
 
-from potstill.env import apply_defaults
-
-apply_defaults()
+Project code, not an installed package (see tasks/__init__.py).
+"""

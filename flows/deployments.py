@@ -1,17 +1,19 @@
-"""Deployments of the four flows, served by one long-running process (`potstill deploy`).
+"""Deployments of the four flows for one task, served by one long-running process (`potstill deploy`).
 
-Only wiring. Schedules:
+Only wiring. Schedules, for task <task>:
 
-| deployment                        | when                                   |
-|-----------------------------------|----------------------------------------|
-| `distill/distill-nightly`         | cron `0 2 * * *` (02:00 every night)   |
-| `review_sync/review-sync`         | every 10 minutes                       |
-| `monitor_drift/monitor-drift-hourly` | every hour                          |
-| `retrain/retrain-on-drift`        | no schedule: the monitor flow starts it with `run_deployment` |
+| deployment                                  | when                                   |
+|---------------------------------------------|----------------------------------------|
+| `distill/<task>-distill-nightly`            | cron `0 2 * * *` (02:00 every night)   |
+| `review_sync/<task>-review-sync`            | every 10 minutes                       |
+| `monitor_drift/<task>-monitor-drift-hourly` | every hour                             |
+| `retrain/<task>-retrain-on-drift`           | no schedule: the task's monitor starts it with `run_deployment` |
 
 Every deployment gets the project root and the run config resolved at deploy time (params.yaml plus
-`-o` overrides) as default parameters, so a scheduled run uses the same config as `potstill run`; after
-editing params.yaml, restart `potstill deploy`. A trigger's parameters (e.g. `batch`) are merged over them.
+`-o` overrides, `task` included) as default parameters, so a scheduled run uses the same config as
+`potstill run --task <task>`; after editing params.yaml, restart `potstill deploy`. A trigger's
+parameters (e.g. `batch`) are merged over them. Each task's deployments have their own names, so several
+tasks can be served at once (one `potstill deploy --task NAME` each, or `--task` repeated).
 
 Served runs need a Prefect server (`PREFECT_API_URL`): the ephemeral API of `potstill run` lives only
 as long as its process. `serve` pauses the schedules and exits 0 on SIGTERM or Ctrl-C; runs that have
@@ -26,9 +28,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
-
-RETRAIN_DEPLOYMENT = "retrain/retrain-on-drift"  # called by flows/monitor_drift.py
-
 
 @dataclass(frozen=True)
 class Schedule:
@@ -53,14 +52,20 @@ SCHEDULES: tuple[Schedule, ...] = (
 FLOWS = tuple(s.flow for s in SCHEDULES)
 
 
+def deployment_name(task: str, schedule: Schedule) -> str:
+    """`<task>-<name>`: tasks served side by side never share a deployment."""
+    return f"{task}-{schedule.name}"
+
+
 def build_deployments(
     project: Path,
     params: dict[str, Any],
     only: list[str] | None = None,
     every: dict[str, float] | None = None,
 ) -> list[Any]:
-    """RunnerDeployments for `serve`. only: serve just these flows; every: flow -> interval in seconds,
-    replacing its schedule (short intervals for tests and trials)."""
+    """RunnerDeployments for `serve`, for the task `params["task"]`. only: serve just these flows; every:
+    flow -> interval in seconds, replacing its schedule (short intervals for tests and trials)."""
+    task = str(params.get("task") or "polarity")
     unknown = sorted((set(only or []) | set(every or {})) - set(FLOWS))
     if unknown:
         raise ValueError(f"unknown flow(s) {unknown}; the deployable flows are {list(FLOWS)}")
@@ -78,10 +83,10 @@ def build_deployments(
             schedule["interval"] = timedelta(seconds=s.interval_s)
         out.append(
             flow.to_deployment(
-                name=s.name,
+                name=deployment_name(task, s),
                 parameters={"params": params, "project": str(project)},
-                description=s.description,
-                tags=["potstill"],
+                description=f"{task}: {s.description}",
+                tags=["potstill", f"task:{task}"],
                 **schedule,
             )
         )

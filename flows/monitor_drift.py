@@ -10,15 +10,15 @@ retrain (`monitor.cooldown_s`).
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
+
+from mlflow.tracking import MlflowClient
 
 from prefect import flow, runtime
 
-from potstill.catalog import Catalog
-from potstill.config import config_hash, validate
-from potstill.env import find_project_root
-from potstill.monitoring import decide_retrain, last_trigger_of, new_batches, record_batch
+from flows.pipeline import resolve
+from potstill.config import config_hash
+from potstill.operations.monitoring import decide_retrain, last_trigger_of, new_batches, record_batch
 from tasks.label import label_with_teacher
 from tasks.monitor import (
     Window,
@@ -27,50 +27,45 @@ from tasks.monitor import (
     measure_drift,
     now_utc,
     reference_window,
+    retrain_deployment,
     save_state,
     teacher_sample,
     trigger_retrain,
 )
 from tasks.predict import batch_versions, predict_batch, resolve_batch
-from tasks.tracking import configure, experiment_id, tracking_uri
+from tasks.tracking import parent_run, tracking_uri
 
 
 @flow(name="monitor_drift")
 def monitor_drift(
     params: dict[str, Any] | None = None, project: str | None = None, batch: str | None = None
 ) -> dict[str, Any]:
-    """Monitor every incoming batch not monitored yet (or only `batch`, when given and new)."""
-    cfg = validate(params or {})
+    """Monitor every incoming batch of the task not monitored yet (or only `batch`, when given and new)."""
+    setup = resolve(params, project)
+    cfg, catalog, spec, root = setup.cfg, setup.catalog, setup.spec, setup.root
     mon = cfg.monitor
-    root = Path(project).resolve() if project else find_project_root()
-    catalog = Catalog.from_file(root / "catalog" / "catalog.yaml", cfg.catalog)
-    client = configure(root)
     state = load_state(catalog)
     candidates = (
         [resolve_batch(catalog, mon.incoming, batch)] if batch else batch_versions(catalog, mon.incoming)
     )
     todo = new_batches(candidates, state)
-    labels = catalog.dataset(mon.incoming).labels
-    teacher_prompt = catalog.prompt(cfg.teacher.prompt)
+    teacher_prompt = catalog.prompt("teacher_prompt")
     results = []
     for version in todo:
-        run = client.create_run(
-            experiment_id(client, cfg.registry.experiment, root),
-            run_name=f"monitor-{mon.incoming}-{version}",
-            tags={
-                "potstill.flow": "monitor_drift",
-                "prefect.flow_run_id": str(runtime.flow_run.id),
-                "potstill.config_hash": config_hash(cfg),
-                "potstill.batch": f"{mon.incoming}@{version}",
-            },
-        )
-        run_id = run.info.run_id
-        try:
+        tags = {
+            "potstill.flow": "monitor_drift",
+            "potstill.task": spec.name,
+            "prefect.flow_run_id": str(runtime.flow_run.id),
+            "potstill.config_hash": config_hash(cfg),
+            "potstill.batch": f"{catalog.full_name(mon.incoming)}@{version}",
+        }
+        with parent_run(root, setup.target.experiment, f"monitor-{spec.name}-{version}", tags) as run:
+            run_id = run.run_id
             predicted = predict_batch(
-                catalog, mon.incoming, mon.predictions, cfg.registry.model_name, mon.alias, version, run_id
+                catalog, mon.incoming, mon.predictions, setup.target.model_name, mon.alias, version, run_id
             )
             served = predicted["model"]
-            client.set_tag(run_id, "potstill.model", f"{served.name}@{served.alias} v{served.version}")
+            MlflowClient().set_tag(run_id, "potstill.model", f"{served.name}@{served.alias} v{served.version}")
             reference = reference_window(catalog, served, mon.reference_rows, mon.seed)
             current = Window(predicted["rows"], predicted["predictions"])
             if mon.teacher_sample_rows and "disagreement" in mon.checks:
@@ -79,7 +74,8 @@ def monitor_drift(
                         teacher_sample(w.rows, mon.teacher_sample_rows),
                         cfg.teacher,
                         teacher_prompt,
-                        labels,
+                        spec.kind,
+                        spec.label_set,
                         what,
                     )["pred"]
                     for w, what in ((reference, "monitor reference"), (current, f"monitor {version}"))
@@ -89,7 +85,14 @@ def monitor_drift(
             now = now_utc()
             decision = decide_retrain(report, last_trigger_of(state), now, mon.cooldown_s)
             metrics = log_drift(run_id, report, decision, reference, current)
-            fired = trigger_retrain(decision, mon.trigger, version, str(root), cfg.model_dump(mode="json"))
+            params_now = cfg.model_dump(mode="json")
+            if decision.trigger and mon.trigger == "inline":  # a subflow: the flow runs the other flow
+                from flows.retrain import retrain
+
+                result = retrain(params=params_now, project=str(root), batch=version)
+                fired = {"triggered": True, "mode": "inline", "result": result}
+            else:
+                fired = trigger_retrain(decision, mon.trigger, version, str(root), retrain_deployment(spec.name))
             summary = {
                 "run_id": run_id,
                 "drifted": report.drifted,
@@ -100,12 +103,9 @@ def monitor_drift(
             }
             state = record_batch(state, version, summary, decision, now, mon.trigger)
             save_state(catalog, state)
-        except BaseException:
-            client.set_terminated(run_id, "FAILED")
-            raise
-        client.set_terminated(run_id, "FINISHED")
         results.append({"batch": version, **summary, "metrics": metrics, "retrain": fired})
     return {
+        "task": spec.name,
         "tracking_uri": tracking_uri(root),
         "batches": results,
         "skipped": [v for v in candidates if v not in todo],

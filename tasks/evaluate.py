@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
 from potstill import metrics as M
-from potstill.classifier import Classifier
+from potstill.training.classifier import Classifier
 from potstill.models import count_parameters, folder_size_bytes
 from tasks.tracking import log_file, log_json, log_metrics
 

@@ -1,7 +1,7 @@
 """Step 2: label rows with the teacher, for any kind, in resumable shards.
 
 Two layers of reuse: the Prefect result cache returns a finished labeling at once (same rows, teacher,
-prompt and kind settings); below it, `potstill.shards` writes every finished shard to a run folder under
+prompt and kind settings); below it, `potstill.labeling.shards` writes every finished shard to a run folder under
 the cache, so a run killed mid-way (OOM, preemption, Ctrl-C) resumes from its finished shards instead of
 starting over, and never labels a row twice.
 
@@ -35,8 +35,8 @@ from potstill.models import (
     weights_location,
 )
 from potstill.prompts import PromptTemplate
-from potstill.shards import DEFAULT_SHARD_ROWS, label_sharded, rows_digest, run_folder
-from potstill.signals import DEFAULT_TOP_K
+from potstill.labeling.shards import DEFAULT_SHARD_ROWS, label_sharded, rows_digest, run_folder
+from potstill.labeling.signals import DEFAULT_TOP_K
 
 
 def _teacher_identity(spec: str) -> str:
@@ -51,38 +51,33 @@ def _teacher_identity(spec: str) -> str:
 
 def teacher_identity(cfg: TeacherConfig) -> str:
     """What makes two labelings the same teacher: the weights, or for a server its backend and URL."""
-    backend = getattr(cfg, "backend", "transformers")
-    if backend == "transformers":
+    if cfg.backend == "transformers":
         return _teacher_identity(cfg.model)
-    return f"{cfg.model}|{backend}@{cfg.base_url}|{cfg.score_mode}"  # a served model: its name and server
+    if cfg.backend == "openai":  # a served model: its name and server
+        return f"{cfg.model}|openai@{cfg.openai.base_url}|{cfg.openai.score_mode}"
+    return f"{_teacher_identity(cfg.model)}|{cfg.backend}"
 
 
-def kind_spec(cfg: TeacherConfig, labels: list[str]) -> KindSpec:
-    """The labeling settings of `cfg` (fields not in the config yet take KindSpec's defaults)."""
-    store = bool(getattr(cfg, "store_signals", False))
-    top_k = int(getattr(cfg, "top_logprobs", 0) or DEFAULT_TOP_K) if store else 0
-    defaults = KindSpec()
+def kind_spec(cfg: TeacherConfig, kind: str, labels: list[str]) -> KindSpec:
+    """The labeling settings of a task of `kind` with `labels` under teacher config `cfg`."""
+    top_k = int(cfg.top_logprobs or DEFAULT_TOP_K) if cfg.store_signals else 0
     return KindSpec(
-        kind=getattr(cfg, "kind", None) or defaults.kind,
+        kind=kind,
         labels=tuple(labels),
-        samples=int(getattr(cfg, "samples", defaults.samples)),
-        temperature=float(getattr(cfg, "temperature", defaults.temperature)),
-        max_new_tokens=int(getattr(cfg, "max_new_tokens", defaults.max_new_tokens)),
+        samples=cfg.samples,
+        temperature=cfg.temperature,
+        max_new_tokens=cfg.max_new_tokens,
         top_logprobs=top_k,
-        seed=getattr(cfg, "seed", defaults.seed),
-        stop=tuple(getattr(cfg, "stop", defaults.stop) or ()),
+        seed=cfg.seed,
+        stop=tuple(cfg.stop),
     )
 
 
 def rationale_spec(cfg: TeacherConfig, template: PromptTemplate | None) -> RationaleSpec | None:
     """The rationale settings when `cfg.rationale` is on and a rationale prompt was given."""
-    if not getattr(cfg, "rationale", False) or template is None:
+    if not cfg.rationale or template is None:
         return None
-    return RationaleSpec(
-        template,
-        max_new_tokens=int(getattr(cfg, "rationale_max_new_tokens", 48)),
-        field=getattr(cfg, "rationale_field", None),
-    )
+    return RationaleSpec(template, max_new_tokens=cfg.rationale_max_new_tokens, field=cfg.rationale_field)
 
 
 def _settings(spec: KindSpec, rationale: RationaleSpec | None) -> dict[str, Any]:
@@ -98,17 +93,17 @@ def labeling_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
         "rows": rows_digest(parameters["rows"]),
         "teacher": teacher_identity(cfg),
         "prompt": parameters["prompt"].text,
-        "spec": _settings(kind_spec(cfg, parameters["labels"]), rationale),
-        "signals": bool(getattr(cfg, "store_signals", False)),
+        "spec": _settings(kind_spec(cfg, parameters["kind"], parameters["labels"]), rationale),
+        "signals": cfg.store_signals,
         "v": 3,
     }
     return "label-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def _backend(cfg: TeacherConfig) -> Any:
-    from potstill.teacher import load_backend
+    from potstill.labeling.teacher import load_backend
 
-    return load_backend(cfg)
+    return load_backend(cfg.backend_settings())
 
 
 @task(name="label_with_teacher", cache_key_fn=labeling_cache_key, persist_result=True, retries=0)
@@ -116,6 +111,7 @@ def label_with_teacher(
     rows: list[dict[str, Any]],
     cfg: TeacherConfig,
     prompt: PromptTemplate,
+    kind: str,
     labels: list[str],
     what: str,
     rationale_prompt: PromptTemplate | None = None,
@@ -127,9 +123,9 @@ def label_with_teacher(
     for the training prompts only: the gold split needs no explanations).
     """
     logger = get_run_logger()
-    spec = kind_spec(cfg, labels)
+    spec = kind_spec(cfg, kind, labels)
     rationale = rationale_spec(cfg, rationale_prompt)
-    on_ray = getattr(cfg, "executor", "local") == "ray"
+    on_ray = cfg.executor == "ray"
     backend = None if on_ray else _backend(cfg)  # on Ray the teacher is loaded in the workers only
     unlabeled = [{k: v for k, v in r.items() if k != "label"} for r in rows]  # the teacher never sees gold
     identity = {
@@ -144,7 +140,7 @@ def label_with_teacher(
         identity["rows"],
         _settings(spec, rationale),
     )
-    store = bool(getattr(cfg, "store_signals", False))
+    store = cfg.store_signals
     ray_run = None
     if on_ray:  # teacher.executor: ray — the same shards, each one a Prefect task on a Ray worker
         from functools import partial
@@ -169,7 +165,7 @@ def label_with_teacher(
                 unlabeled,
                 lambda shard: label_rows(backend, shard, prompt, spec, rationale),
                 folder,
-                int(getattr(cfg, "shard_rows", DEFAULT_SHARD_ROWS)),
+                cfg.shard_rows or DEFAULT_SHARD_ROWS,
                 identity={**identity, "spec": _settings(spec, rationale)},
                 signals_top_k=spec.top_logprobs if store else None,
                 progress=bar.update,

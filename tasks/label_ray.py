@@ -2,7 +2,7 @@
 through prefect-ray's `RayTaskRunner`, so each shard is a task run in the Prefect UI (`label_shard-<i>`,
 under `label_with_teacher`), and Ray spreads them over its workers, one teacher replica per worker.
 
-The shard plan and files are the local path's (`potstill.shards`): the driver opens the run folder and
+The shard plan and files are the local path's (`potstill.labeling.shards`): the driver opens the run folder and
 its manifest, submits only unfinished shards, and merges, so a run resumes across executors and a shard
 is never labeled twice into the folder. A worker killed mid-shard (SIGKILL, OOM, preemption) makes Ray
 re-run the task body (`max_retries`); the re-run finds either nothing (the commit is an atomic rename) or
@@ -31,8 +31,8 @@ from prefect.settings import get_current_settings
 
 from potstill.config import TeacherConfig
 from potstill.models import count_parameters, folder_size_bytes, weights_location
-from potstill.ray_labeling import LabelFn, ShardOutcome, init_kwargs, label_shard, replica, resolve_address
-from potstill.shards import DEFAULT_SHARD_ROWS, ShardError, ShardResult, ShardRun
+from potstill.labeling.ray_shards import LabelFn, ShardOutcome, init_kwargs, label_shard, replica, resolve_address
+from potstill.labeling.shards import DEFAULT_SHARD_ROWS, ShardError, ShardResult, ShardRun
 
 RAY_TASK_RETRIES = 3  # Ray re-runs a shard whose worker died this many times before the run fails
 _CONNECTED: list[str | None] = []  # the address this module connected Ray to (empty: not connected)
@@ -89,7 +89,7 @@ def label_shard_task(
     signals_top_k: int | None = None,
     before_commit: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Label one shard on this Ray worker's teacher replica and commit it (see potstill.ray_labeling)."""
+    """Label one shard on this Ray worker's teacher replica and commit it (see potstill.labeling.ray_shards)."""
     outcome = label_shard(Path(folder), index, rows, cfg, label_fn, signals_top_k, before_commit)
     get_run_logger().info(
         "shard %d: %d rows in %.2fs on pid %d@%s%s",
@@ -122,11 +122,11 @@ def probe_teacher(cfg: TeacherConfig, latency_fn: Callable[[Any], float] | None)
 
 
 def _remote_options(cfg: TeacherConfig) -> dict[str, Any]:
-    opts: dict[str, Any] = {"num_cpus": cfg.num_cpus, "max_retries": RAY_TASK_RETRIES}
-    if cfg.num_gpus:
+    opts: dict[str, Any] = {"num_cpus": cfg.ray.num_cpus, "max_retries": RAY_TASK_RETRIES}
+    if cfg.ray.num_gpus:
         # Ray's default for GPU tasks is one call per worker process, which would reload the teacher for
         # every shard: keep the worker (and its replica) for the next shard instead.
-        opts.update(num_gpus=cfg.num_gpus, max_calls=0)
+        opts.update(num_gpus=cfg.ray.num_gpus, max_calls=0)
     return opts
 
 
@@ -163,7 +163,7 @@ def label_on_ray(
     progress: Callable[[int], None] | None = None,
 ) -> RayLabeling:
     """Label `rows` (each with a unique `id`) into `folder` with one Prefect task per unfinished shard
-    on Ray, then merge: the Ray counterpart of `potstill.shards.label_sharded`, same arguments and
+    on Ray, then merge: the Ray counterpart of `potstill.labeling.shards.label_sharded`, same arguments and
     files. `seconds` in the result is wall time from the first submit to the last shard (replica loading
     included). With `latency_fn(backend)`, a `probe_teacher` task measures the teacher on a replica.
 
@@ -182,7 +182,7 @@ def label_on_ray(
     resumed = sum(len(run.shards[i]) for i in done)
     if progress is not None and resumed:
         progress(resumed)
-    address = resolve_address(cfg.ray_address)
+    address = resolve_address(cfg.ray.address)
     connect(address)
     outcomes: list[ShardOutcome] = []
     errors: list[BaseException] = []

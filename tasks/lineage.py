@@ -16,6 +16,7 @@ def lineage_lines(root: Path, ref: str) -> list[str]:
     tags = mv.tags
     run = MlflowClient().get_run(mv.run_id) if mv.run_id else None
     lines = [f"{name} version {mv.version}" + (f" (@{alias})" if alias else "")]
+    lines.append(f"  task       : {tags.get('lineage.task', '-')}")
     lines.append(f"  decision   : {tags.get('potstill.decision', '-')} - {tags.get('potstill.reasons', '')}")
     lines.append(f"  MLflow run : {tags.get('lineage.mlflow_run', mv.run_id)}")
     lines.append(f"  git commit : {tags.get('lineage.git_commit', '-')}")
@@ -36,10 +37,12 @@ def lineage_lines(root: Path, ref: str) -> list[str]:
         for d in run.inputs.dataset_inputs:
             src = d.dataset.source
             lines.append(f"  input {d.dataset.name}: digest {d.dataset.digest}, source {src[:120]}")
+    task = tags.get("lineage.task")
+    scope = f"--task {task} " if task else ""
     lines.append("get them back:")
     for n, v in data:
         if v.startswith("v"):
-            lines.append(f"    potstill catalog checkout {n}@{v.split()[0]}")
+            lines.append(f"    potstill catalog checkout {scope}{n}@{v.split()[0]}")
     for n, v in prompts:
-        lines.append(f"    potstill catalog show prompt.{n}@{v.split()[0]}")
+        lines.append(f"    potstill catalog show {scope}prompt.{n}@{v.split()[0]}")
     return lines

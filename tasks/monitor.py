@@ -1,5 +1,5 @@
 """Drift monitor steps: the reference window, the drift report, its MLflow record, the monitor state and
-the retrain trigger. Thin: the statistics live in potstill.drift, the decisions in potstill.monitoring.
+the retrain trigger. Thin: the statistics live in potstill.operations.drift, the decisions in potstill.operations.monitoring.
 
 The trigger is its own task so that the decision (pure, logged) and the side effect (a deployment run,
 a subflow, or nothing) can be told apart in the Prefect UI and retried separately.
@@ -20,10 +20,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-from potstill.catalog import Catalog, CatalogError
+from potstill.data.catalog import Catalog, CatalogError
 from potstill.config import MonitorConfig
-from potstill.drift import Disagreement, DriftReport, DriftSample, drift_report
-from potstill.monitoring import (
+from potstill.operations.drift import Disagreement, DriftReport, DriftSample, drift_report
+from potstill.operations.monitoring import (
     RetrainDecision,
     drift_config,
     empty_state,
@@ -35,7 +35,6 @@ from potstill.monitoring import (
 from tasks.predict import ServedModel, predict_rows
 from tasks.tracking import log_json, log_metrics
 
-RETRAIN_DEPLOYMENT = "retrain/retrain-on-drift"
 
 
 @dataclass(frozen=True)
@@ -71,6 +70,7 @@ def _reference_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
         parameters["seed"],
         served.fields,
         str(parameters["catalog"].root),
+        parameters["catalog"].scope,
     ]
     return "monitor-reference-" + hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:32]
 
@@ -99,7 +99,7 @@ def teacher_sample(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
 @task(name="measure_drift", cache_policy=NO_CACHE)
 def measure_drift(reference: Window, current: Window, fields: list[str], cfg: MonitorConfig) -> DriftReport:
     """Embed both windows (sentence embeddings of the prompt fields) and run the enabled drift checks."""
-    from potstill.embeddings import embed  # loads torch + the embedding model: only when measuring
+    from potstill.operations.embeddings import embed  # loads torch + the embedding model: only when measuring
 
     checks = set(cfg.checks)
     needs_embeddings = bool(checks & {"mmd", "domain_classifier"})
@@ -154,12 +154,18 @@ def log_drift(
     return metrics
 
 
+def retrain_deployment(task: str) -> str:
+    """The deployment the drift monitor of `task` starts (flows/deployments.py names it)."""
+    return f"retrain/{task}-retrain-on-drift"
+
+
 @task(name="trigger_retrain", retries=0, cache_policy=NO_CACHE)
 def trigger_retrain(
-    decision: RetrainDecision, mode: str, batch: str, project: str, params: dict[str, Any]
+    decision: RetrainDecision, mode: str, batch: str, project: str, deployment: str
 ) -> dict[str, Any]:
-    """The side effect of a retrain decision: start the `retrain/retrain-on-drift` deployment (without
-    waiting: timeout=0), run the retrain flow inline as a subflow, or only log (`none`)."""
+    """The side effect of a retrain decision: start the task's retrain deployment (without waiting:
+    timeout=0), or only log (`none`). `inline` runs the retrain flow as a subflow, which the monitor
+    flow does itself: a task never imports a flow."""
     logger = get_run_logger()
     if not decision.trigger:
         logger.info("no retrain: %s", "; ".join(decision.reasons))
@@ -168,17 +174,11 @@ def trigger_retrain(
         from prefect.deployments import run_deployment
 
         flow_run = run_deployment(
-            name=RETRAIN_DEPLOYMENT, parameters={"batch": batch, "project": project}, timeout=0
+            name=deployment, parameters={"batch": batch, "project": project}, timeout=0
         )
-        logger.info("retrain triggered: deployment %s, flow run %s", RETRAIN_DEPLOYMENT, flow_run.id)
-        return {"triggered": True, "mode": mode, "flow_run_id": str(flow_run.id)}
-    if mode == "inline":
-        from flows.retrain import retrain  # another flow: imported only when it runs inline
-
-        result = retrain(params=params, project=project, batch=batch)
-        logger.info("retrain ran inline for batch %s", batch)
-        return {"triggered": True, "mode": mode, "result": result}
-    logger.info("retrain decided but trigger is `none`: %s", "; ".join(decision.reasons))
+        logger.info("retrain triggered: deployment %s, flow run %s", deployment, flow_run.id)
+        return {"triggered": True, "mode": mode, "flow_run_id": str(flow_run.id), "deployment": deployment}
+    logger.info("retrain decided but trigger is `%s`: %s", mode, "; ".join(decision.reasons))
     return {"triggered": True, "mode": mode}
 
 

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from potstill.catalog import Catalog, CatalogError
+from potstill.data.catalog import Catalog, CatalogError
 
 
 @dataclass(frozen=True)

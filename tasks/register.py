@@ -22,9 +22,10 @@ from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from potstill.classifier import Classifier
+from potstill.training.classifier import Classifier
 from potstill.config import RunConfig
-from potstill.gate import (
+from potstill.data.tasks import RegistryTarget
+from potstill.operations.gate import (
     GateConfig,
     ModelScores,
     PromotionDecision,
@@ -74,8 +75,8 @@ def scores_from_metrics(metrics: dict[str, float], metric: str, prefix: str = "s
     )
 
 
-def gate_config(cfg: RunConfig) -> GateConfig:
-    return GateConfig(metric=cfg.registry.metric, **cfg.promotion.model_dump())
+def gate_config(cfg: RunConfig, metric: str) -> GateConfig:
+    return GateConfig(metric=metric, **cfg.promotion.model_dump())
 
 
 def current_alias(client: MlflowClient, model_name: str, alias: str) -> ModelVersion | None:
@@ -86,10 +87,13 @@ def current_alias(client: MlflowClient, model_name: str, alias: str) -> ModelVer
 
 
 def judge(
-    client: MlflowClient, cfg: RunConfig, metrics: dict[str, float], champion: ModelVersion | None
+    client: MlflowClient,
+    cfg: RunConfig,
+    metrics: dict[str, float],
+    champion: ModelVersion | None,
+    metric: str,
 ) -> PromotionDecision:
     """The gate's decision for a candidate with these run metrics against the current champion."""
-    metric = cfg.registry.metric
     champion_scores = None
     if champion is not None and champion.run_id:
         try:
@@ -104,7 +108,8 @@ def judge(
             ) from exc
         champion_scores = scores_from_metrics(champion_run.data.metrics, metric)
     teacher = metrics.get(metric.replace("student_", "teacher_", 1))
-    return decide_promotion(scores_from_metrics(metrics, metric), champion_scores, teacher, gate_config(cfg))
+    scores = scores_from_metrics(metrics, metric)
+    return decide_promotion(scores, champion_scores, teacher, gate_config(cfg, metric))
 
 
 def apply_aliases(client: MlflowClient, model_name: str, plan: dict[str, str | None]) -> None:
@@ -226,15 +231,19 @@ def _renew(lease_id: str, lease_s: float, stop: threading.Event) -> None:
 
 
 def gate_in_turn(
-    client: MlflowClient, cfg: RunConfig, version: str, metrics: dict[str, float]
+    client: MlflowClient,
+    cfg: RunConfig,
+    target: RegistryTarget,
+    version: str,
+    metrics: dict[str, float],
 ) -> tuple[PromotionDecision, dict[str, str | None]]:
     """The gate for a registered `version` with these run metrics, inside the registry slot: the champion
     is read there (not before logging the model), judged against, and the aliases moved before the next
     run may look. Returns the decision and the alias plan applied."""
-    model_name = cfg.registry.model_name
+    model_name = target.model_name
     with registry_slot():
         champion = current_alias(client, model_name, "champion")
-        decision = judge(client, cfg, metrics, champion)
+        decision = judge(client, cfg, metrics, champion, target.metric)
         plan = alias_plan(decision, version, str(champion.version) if champion else None)
         apply_aliases(client, model_name, plan)
         record_decision(client, model_name, version, decision, "gate")
@@ -246,6 +255,7 @@ def register_student(
     folder: Path,
     sample: list[dict[str, Any]],
     cfg: RunConfig,
+    target: RegistryTarget,
     metrics: dict[str, float],
     run_id: str,
     lineage: dict[str, str] | None = None,
@@ -256,7 +266,7 @@ def register_student(
     Logging the model (the slow part) runs unlocked; the gate runs inside the registry lock and
     reads the champion there, so concurrent runs promote in turn, each against the latest champion."""
     client = MlflowClient()
-    model_name, metric = cfg.registry.model_name, cfg.registry.metric
+    model_name, metric = target.model_name, target.metric
     clf = Classifier.load(folder)
     fields = clf.prompt.fields
     example = pd.DataFrame([{f: r[f] for f in fields} for r in sample[:3]])
@@ -273,7 +283,7 @@ def register_student(
         )
         mlflow.log_text(clf.prompt.text, f"prompts/{clf.prompt.name}.txt")
     version = str(info.registered_model_version)
-    decision, plan = gate_in_turn(client, cfg, version, metrics)
+    decision, plan = gate_in_turn(client, cfg, target, version, metrics)
     client.set_model_version_tag(model_name, version, "potstill.prompt", clf.prompt.name)
     if metric in metrics:
         client.set_model_version_tag(model_name, version, metric, f"{metrics[metric]:.6f}")
@@ -300,32 +310,36 @@ def register_student(
 # ---- manual promotion and rollback (`potstill promote`): plain MLflow calls, no flow needed
 
 
-def promote_version(cfg: RunConfig, version: str, force: bool = False) -> tuple[PromotionDecision, bool]:
+def promote_version(
+    cfg: RunConfig, target: RegistryTarget, version: str, force: bool = False
+) -> tuple[PromotionDecision, bool]:
     """Judge `version` against the current champion with the same gate as a run; apply when it passes
     (or with force). Returns the decision and whether the aliases changed. Inside the registry slot, like a
     run's gate, so a run promoting at the same moment cannot interleave."""
     client = MlflowClient()
-    name = cfg.registry.model_name
-    target = client.get_model_version(name, version)
+    name = target.model_name
+    candidate = client.get_model_version(name, version)
     with registry_slot():
         champion = current_alias(client, name, "champion")
-        if champion is not None and champion.version == target.version:
+        if champion is not None and champion.version == candidate.version:
             raise ValueError(f"{name} version {version} is the champion already")
-        decision = judge(client, cfg, dict(client.get_run(target.run_id).data.metrics), champion)
+        metrics = dict(client.get_run(candidate.run_id).data.metrics)
+        decision = judge(client, cfg, metrics, champion, target.metric)
         if not (decision.promote or force):
             return decision, False
-        plan: dict[str, str | None] = {"champion": str(target.version)}
+        plan: dict[str, str | None] = {"champion": str(candidate.version)}
         if champion is not None:
             plan["previous"] = str(champion.version)
         apply_aliases(client, name, plan)
-        record_decision(client, name, str(target.version), decision, "manual --force" if force else "manual")
+        how = "manual --force" if force else "manual"
+        record_decision(client, name, str(candidate.version), decision, how)
     return decision, True
 
 
-def rollback(cfg: RunConfig) -> dict[str, str | None]:
+def rollback(target: RegistryTarget) -> dict[str, str | None]:
     """`previous` becomes `champion` again; the demoted version is tagged so the registry shows why."""
     client = MlflowClient()
-    name = cfg.registry.model_name
+    name = target.model_name
     with registry_slot():
         champion = current_alias(client, name, "champion")
         previous = current_alias(client, name, "previous")

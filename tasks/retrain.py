@@ -1,6 +1,6 @@
 """Retrain steps: read an incoming batch, fetch the champion, build the next train_set, score a slice.
 
-Thin: the merge rule lives in `potstill.retrain`, metrics in `potstill.metrics`; these tasks read and
+Thin: the merge rule lives in `potstill.operations.retrain`, metrics in `potstill.metrics`; these tasks read and
 write catalog entries and MLflow.
 """
 
@@ -18,8 +18,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from potstill import metrics as M
-from potstill.catalog import Catalog
-from potstill.retrain import (
+from potstill.data.catalog import Catalog, CatalogError
+from potstill.operations.retrain import (
     continuation_rows,
     find_student_folder,
     merge_train_sets,
@@ -45,14 +45,14 @@ def load_batch(catalog: Catalog, name: str, batch: str | None, run_id: str) -> d
                 catalog.version_workspace(name, run_id)  # a batch dropped in by hand becomes a version
             latest = catalog.versions.latest(name)
             if latest is None:
-                raise FileNotFoundError(f"{name}: no batch yet ({catalog.root / catalog.dataset(name).path})")
+                raise CatalogError(f"{catalog.full_name(name)}: no batch yet ({catalog.file(name)})")
             batch = latest.name
         record = catalog.versions.get(name, batch)
         rows, batch, version = catalog.load(name, record.name), record.name, f"{record.name} md5:{record.md5}"
     with resumed(run_id), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
         ds = mlflow.data.from_pandas(
-            pd.DataFrame(rows), source=str(catalog.root / catalog.dataset(name).path), name=name
+            pd.DataFrame(rows), source=str(catalog.file(name)), name=catalog.full_name(name)
         )
         mlflow.log_input(ds, context="retraining", tags={"catalog.version": version, "rows": str(len(rows))})
     get_run_logger().info("%s@%s: %d rows", name, batch, len(rows))

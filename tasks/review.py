@@ -1,6 +1,6 @@
 """Human review: send routed rows to Label Studio (or an import file), wait for answers, pull them back.
 
-Thin: the catalog names every file, `potstill.review` talks to Label Studio, `potstill.review_merge`
+Thin: the catalog names every file, `potstill.review` talks to Label Studio, `potstill.review.merge`
 decides what the answers mean. The API token is read from the environment inside `ReviewClient` and
 never passes through a task parameter, so it cannot reach Prefect's stored parameters or results.
 """
@@ -15,7 +15,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from potstill.catalog import Catalog
+from potstill.data.catalog import Catalog
 from potstill.config import ReviewConfig
 from potstill.review import (
     ReviewClient,
@@ -25,7 +25,7 @@ from potstill.review import (
     route_to_review,
     sync_outbox,
 )
-from potstill.review_merge import HumanAnnotation, merge_reviews
+from potstill.review.merge import HumanAnnotation, merge_reviews
 from tasks.tracking import log_json, log_metrics
 
 
@@ -42,11 +42,14 @@ def review_client() -> ReviewClient | None:
     return ReviewClient.from_env()
 
 
-def review_spec(catalog: Catalog, dataset: str, prompt_version: str, teacher: str, per_row: int = 1):
-    """One Label Studio project per dataset + teacher prompt version."""
+def review_spec(
+    catalog: Catalog, dataset: str, prompt_version: str, teacher: str, per_row: int = 1
+) -> ReviewProjectSpec:
+    """One Label Studio project per dataset (named with its task: `polarity/prompts`) + teacher prompt
+    version."""
     entry = catalog.dataset(dataset)
     return ReviewProjectSpec(
-        dataset=dataset,
+        dataset=entry.name,
         prompt_version=prompt_version,
         kind=entry.kind or "classification",
         labels=tuple(entry.labels),
@@ -70,8 +73,8 @@ def send_for_review(
     result = route_to_review(
         rows,
         spec,
-        import_file=catalog.root / catalog.dataset("review_import").path,
-        outbox=catalog.root / catalog.dataset("review_outbox").path,
+        import_file=catalog.file("review_import"),
+        outbox=catalog.file("review_outbox"),
         dataset_version=version,
     )
     logger.info("review: %s", result.message)
@@ -124,7 +127,7 @@ def sync_reviews(
     if client is None:
         return {"configured": False, **unchanged}
     try:
-        delivered = sync_outbox(client, catalog.root / catalog.dataset("review_outbox").path)
+        delivered = sync_outbox(client, catalog.file("review_outbox"))
         annotations = client.pull(spec)
     except ReviewServerUnavailable as exc:
         if not tolerate_down:

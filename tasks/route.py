@@ -8,9 +8,9 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from potstill.catalog import Catalog
+from potstill.data.catalog import Catalog
 from potstill.config import RouteConfig
-from potstill.routing import build_policies, merge_verdicts, route_with
+from potstill.review.routing import build_policies, merge_verdicts, route_with
 from tasks.tracking import log_json, log_metrics
 
 
@@ -36,7 +36,6 @@ def route_labels(
     decision = route_with(labeled, policies)
     plan = merge_verdicts(labeled, decision, reviewed or [])
     saved = {
-        "teacher_labels": catalog.save("teacher_labels", labeled, run_id=run_id),
         "review_queue": catalog.save("review_queue", plan.review_rows, run_id=run_id),
         "train_set": catalog.save("train_set", plan.train_rows, run_id=run_id),
     }

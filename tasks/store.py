@@ -7,7 +7,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from potstill.catalog import Catalog
+from potstill.data.catalog import Catalog
 
 
 @task(name="store_entry", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)

@@ -1,7 +1,8 @@
 """MLflow plumbing shared by the tasks: where the stores are, the parent run, safe logging.
 
 Tasks may run in worker threads, and MLflow's active run is per thread, so nothing relies on an active
-run: the parent run id travels with the flow and every call names it.
+run: the parent run id travels with the flow and every call names it. `parent_run` is the one place a
+flow's MLflow run is opened, tagged, given its config and closed (FINISHED, or FAILED on any error).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,46 @@ def configure(root: Path) -> MlflowClient:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(_USER_REGISTRY_URI or uri)
     return MlflowClient()
+
+
+def experiment_name(configured: str | None, task: str) -> str:
+    """The run config's experiment, else one per task (`potstill-<task>`): a task's runs compare with
+    each other, not with another task's."""
+    return configured or f"potstill-{task}"
+
+
+@dataclass(frozen=True)
+class ParentRun:
+    run_id: str
+    experiment_id: str
+
+
+@contextmanager
+def parent_run(
+    root: Path,
+    experiment: str,
+    run_name: str,
+    tags: dict[str, str],
+    params: dict[str, str] | None = None,
+    config_yaml: str | None = None,
+) -> Iterator[ParentRun]:
+    """Create a flow's MLflow run with its tags (and params and resolved config when given), yield it, and
+    end it FINISHED, or FAILED when the block raises (the error propagates)."""
+    from mlflow.entities import Param
+
+    client = configure(root)
+    run = client.create_run(experiment_id(client, experiment, root), run_name=run_name, tags=tags)
+    run_id = run.info.run_id
+    if params:
+        client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+    if config_yaml is not None:
+        client.log_text(run_id, config_yaml, "config/params.resolved.yaml")
+    try:
+        yield ParentRun(run_id, run.info.experiment_id)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
 
 
 def experiment_id(client: MlflowClient, name: str, root: Path) -> str:

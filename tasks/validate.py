@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from potstill.catalog import Catalog
-from potstill.validation import (
+from potstill.data.catalog import Catalog
+from potstill.data.validation import (
     DataValidationError,
     QuarantinedRow,
     ValidationLimits,
@@ -61,7 +61,7 @@ def validate_dataset(
         "row_numbers": row_numbers,
         "limits": limits,
         "name": name,
-        "source": str(catalog.root / entry.path),
+        "source": str(catalog.file(name)),
         "rejected": rejected,
     }
     if eval_rows is None:
@@ -71,7 +71,7 @@ def validate_dataset(
             rows, eval_rows, entry.kind, entry.labels, eval_name=eval_name, **common
         )
     decision = decide_continue(report, min_valid_fraction)
-    quarantine = save_quarantine(catalog.root, name, report.quarantined)
+    quarantine = save_quarantine(catalog.quarantine_path(name), report.quarantined)
     log_metrics(
         run_id,
         {
@@ -105,11 +105,17 @@ def validate_dataset(
         "quarantine_file": str(quarantine),
         "data_docs": f"{docs}/index.html" if docs else None,
     }
-    last = catalog.root / "catalog" / "data" / "validation" / f"{name}.json"  # for `potstill catalog show`
+    last = catalog.validation_record_path(name)  # for `potstill catalog show`
     last.parent.mkdir(parents=True, exist_ok=True)
     last.write_text(json.dumps({**summary, "run_id": run_id}, indent=2))
     if not decision.proceed:
-        logger.error("validation of %s stopped the run:\n%s", name, "\n".join(decision.reasons))
-        raise DataValidationError("\n".join(decision.reasons))
+        reasons = list(decision.reasons)
+        if entry.task and "label.in_set" in summary["failed_checks"] and entry.role == "gold_eval":
+            reasons.append(
+                f"the file's label values are not the task's labels {entry.labels}: map them with `label_map:` "
+                f"in catalog/tasks/{entry.task}.yaml (or --label-map VALUE=LABEL,... with `potstill task new`)"
+            )
+        logger.error("validation of %s stopped the run:\n%s", name, "\n".join(reasons))
+        raise DataValidationError("\n".join(reasons))
     logger.info("validation of %s: %s", name, decision.reasons[0])
     return Validated(report.valid_rows, report.valid_row_numbers, summary)

@@ -294,3 +294,38 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
 
 
 # ---- end services
+
+
+# ---- a new user's own files (tests/user_data.py): CSV with 0/1 labels, JSONL + Parquet NLI pairs
+
+
+@pytest.fixture(scope="session")
+def user_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
+    from user_data import sentences, write_pairs, write_reviews
+
+    rows = sentences(CACHE)
+    base = tmp_path_factory.mktemp("user-files")
+    return {"reviews": write_reviews(base / "reviews", rows), "pairs": write_pairs(base / "pairs", rows)}
+
+
+def declare_args(name: str, files: dict[str, Path]) -> list[str]:
+    """`potstill task new ...` for the user files: classification (0/1 labels) or NLI (own column names)."""
+    common = ["task", "new", name, "--prompts", str(files["prompts"]), "--gold", str(files["gold"])]
+    if files["prompts"].suffix == ".csv":
+        return [*common, "--kind", "classification", "--labels", "negative,positive", "--column",
+                "text=sentence", "--column", "label=polarity", "--label-map", "0=negative,1=positive"]  # fmt: skip
+    return [*common, "--kind", "nli", "--column", "premise=sentence1,hypothesis=sentence2,id=pair_id,label=gold"]
+
+
+def tiny_overrides(tiny_model_dir: Path, prompts: int = 64, gold: int = 32) -> list[str]:
+    """`-o` overrides for a fast run: the tiny teacher, a 2-layer student, a few steps."""
+    return [
+        f"teacher.model={tiny_model_dir}",
+        f"data.max_prompts={prompts}",
+        f"data.max_eval_rows={gold}",
+        "student.layers=[0, 3]",
+        "student.batch_size=8",
+        "student.max_steps=3",
+        "student.eval_batch_size=16",
+        "student.logging_steps=1",
+    ]

@@ -16,9 +16,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import tasks.register as register
-from potstill.catalog import Catalog
+from potstill.data.catalog import Catalog
 from potstill.config import validate
-from potstill.versioning import DvcStore, retry_on_dvc_lock
+from potstill.data.tasks import RegistryTarget
+from potstill.data.versioning import DvcStore, retry_on_dvc_lock
 from tasks.tracking import configure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ def test_a_held_dvc_lock_is_waited_for(tmp_path: Path):
 SAVER = textwrap.dedent(
     """
     import sys
-    from potstill.catalog import Catalog
+    from potstill.data.catalog import Catalog
     catalog = Catalog.from_file(sys.argv[1])
     who = sys.argv[2]
     for i in range(4):
@@ -134,7 +135,8 @@ def test_promotion_is_serialized_and_the_stronger_student_stays_champion(
     stronger and loses."""
     cfg = validate({})
     client = configure(tmp_path)
-    name = cfg.registry.model_name
+    target = RegistryTarget("polarity-student", "student_accuracy", "potstill-polarity")
+    name = target.model_name
     client.create_registered_model(name)
     experiment = client.create_experiment("concurrency", artifact_location=tmp_path.as_uri())
     strong = register_candidate(client, experiment, name, 0.9)
@@ -146,10 +148,10 @@ def test_promotion_is_serialized_and_the_stronger_student_stays_champion(
 
     held: list[int] = []
 
-    def slow_judge(client, cfg, metrics, champion):
+    def slow_judge(client, cfg, metrics, champion, metric):
         start = time.monotonic()
         held.append(registry_limit().active_slots)  # the Prefect limit's slot is taken while judging
-        decision = real_judge(client, cfg, metrics, champion)
+        decision = real_judge(client, cfg, metrics, champion, metric)
         if metrics["student_accuracy"] == 0.9:
             strong_judged.set()
         time.sleep(1.0)
@@ -162,7 +164,9 @@ def test_promotion_is_serialized_and_the_stronger_student_stays_champion(
     def gate(version: str, accuracy: float, after: threading.Event | None) -> None:
         if after is not None:
             assert after.wait(timeout=60)
-        results[version] = register.gate_in_turn(MlflowClient(), cfg, version, {"student_accuracy": accuracy})
+        results[version] = register.gate_in_turn(
+            MlflowClient(), cfg, target, version, {"student_accuracy": accuracy}
+        )
 
     threads = [
         threading.Thread(target=gate, args=(strong, 0.9, None)),

@@ -62,8 +62,10 @@ def test_resolved_config_round_trips_and_flattens():
 
 
 def test_cli_reports_config_errors_with_exit_code_2(capsys, project):
-    assert main(["--project", str(project), "config", "-o", "teacher.batch_size=-1"]) == 2
-    assert "teacher.batch_size" in capsys.readouterr().err
+    assert main(["--project", str(project), "config", "-o", "teacher.transformers.batch_size=-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("potstill: invalid run config") and "teacher.transformers.batch_size" in err
+    assert "Traceback" not in err
     assert main(["--project", str(project), "config", "-o", "student.max_steps=7"]) == 0
     assert "max_steps: 7" in capsys.readouterr().out
 
@@ -72,5 +74,5 @@ def test_help_explains_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     out = capsys.readouterr().out
-    for option in ("--config", "--override", "KEY.PATH=VALUE"):
+    for option in ("--config", "--override", "KEY.PATH=VALUE", "--task"):
         assert option in out

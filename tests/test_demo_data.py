@@ -1,4 +1,4 @@
-from potstill.demo_data import parse_polarity, split_gold
+from potstill.data.demo import parse_polarity, split_gold
 
 CSV = '\ufeff"1","a gorgeous , witty \nfilm . \n"\n"-1","a dull mess"\n"0","neutral?"\n"1",""\n"-1","x","y"\n'
 

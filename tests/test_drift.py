@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from potstill.drift import (
+from potstill.operations.drift import (
     Disagreement,
     DriftConfig,
     DriftSample,
@@ -19,7 +19,7 @@ from potstill.drift import (
     label_chi2,
     psi,
 )
-from potstill.input_drift import domain_classifier_auc, median_bandwidth, mmd2_unbiased, mmd_permutation_test
+from potstill.operations.input_drift import domain_classifier_auc, median_bandwidth, mmd2_unbiased, mmd_permutation_test
 
 # --- PSI ------------------------------------------------------------------------------------------
 
@@ -222,7 +222,7 @@ def fisher_greater_naive(a: int, b: int, c: int, d: int) -> float:
 
 
 def test_disagreement_p_value_is_the_one_sided_fisher_test():
-    from potstill.drift import disagreement_p_value
+    from potstill.operations.drift import disagreement_p_value
 
     got = disagreement_p_value(Disagreement(10, 32), Disagreement(14, 32))
     assert got == pytest.approx(fisher_greater_naive(14, 18, 10, 22))
@@ -271,7 +271,7 @@ def test_disagreement_from_labels():
 
 
 def test_bonferroni_divides_alpha_by_the_number_of_p_value_checks():
-    from potstill.drift import DriftCheck, correct
+    from potstill.operations.drift import DriftCheck, correct
 
     checks = [
         DriftCheck("mmd", 0.1, 0.03, 0.05, True, "p=0.03"),

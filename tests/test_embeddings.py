@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from potstill.embeddings import DIMENSION, embed, model_path
+from potstill.operations.embeddings import DIMENSION, embed, model_path
 
 TEXTS = [
     "a gorgeous , witty , seductive movie .",

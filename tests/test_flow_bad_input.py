@@ -8,17 +8,18 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from flows.distill import distill
-from potstill.catalog import Catalog
-from potstill.config import CatalogConfig, DataConfig
-from potstill.validation import DataValidationError
-from tasks.load_data import build_demo_data
+from potstill.data.catalog import Catalog
+from potstill.config import CatalogConfig
+from potstill.data.demo import build_demo
+from potstill.models import default_cache_dir
+from potstill.data.validation import DataValidationError
 
 BIG = "x" * 1_000_000
 
 
 def corrupt_prompts(project: Path) -> Path:
     catalog = Catalog.from_file(project / "catalog" / "catalog.yaml", CatalogConfig(versioning=False))
-    build_demo_data(catalog, DataConfig())
+    build_demo(catalog.for_task("polarity"), default_cache_dir())
     path = project / "catalog/data/polarity/prompts.jsonl"
     good = path.read_text().splitlines()
     first_id = json.loads(good[0])["id"]
@@ -46,7 +47,7 @@ def test_bad_rows_are_quarantined_and_the_run_goes_on(prefect_api, project, tiny
     corrupt_prompts(project)
     summary = distill(params=params(project, tiny_model_dir, min_valid_fraction=0.8), project=str(project))
     v = summary["validation"][0]
-    assert v["name"] == "polarity_prompts" and not v["passed"] and v["proceed"]
+    assert v["name"] == "prompts" and not v["passed"] and v["proceed"]
     quarantine = [json.loads(x) for x in Path(v["quarantine_file"]).read_text().splitlines()]
     by_row = {q["row"]: q for q in quarantine}
     # lines 1-4 are bad, line 5 is the original row whose id line 1 repeats, 3205 is the cut last line
@@ -59,10 +60,10 @@ def test_bad_rows_are_quarantined_and_the_run_goes_on(prefect_api, project, tiny
     assert v["quarantined_rows"] == len(quarantine)
     assert summary["tracking_uri"] == f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"  # this project's store
     run = MlflowClient().get_run(summary["run_id"])
-    assert run.data.metrics["validation_polarity_prompts_quarantined_rows"] == len(quarantine)
-    assert run.data.metrics["validation_polarity_prompts_passed"] == 0.0
+    assert run.data.metrics["validation_prompts_quarantined_rows"] == len(quarantine)
+    assert run.data.metrics["validation_prompts_passed"] == 0.0
     labeled_ids = {
-        r["id"] for r in Catalog.from_file(project / "catalog/catalog.yaml").load("teacher_labels")
+        r["id"] for r in Catalog.from_file(project / "catalog/catalog.yaml").for_task("polarity").load("teacher_labels")
     }
     assert "huge" not in labeled_ids and len(labeled_ids) == summary["rows_labeled"]
 
@@ -75,6 +76,6 @@ def test_too_many_bad_rows_stop_the_run_with_file_row_and_field(prefect_api, pro
     message = str(err.value)
     assert "prompts.jsonl" in message and "row" in message
     runs = MlflowClient().search_runs(
-        [MlflowClient().get_experiment_by_name("potstill").experiment_id], order_by=["start_time DESC"]
+        [MlflowClient().get_experiment_by_name("potstill-polarity").experiment_id], order_by=["start_time DESC"]
     )
     assert runs[0].info.status == "FAILED"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from potstill.catalog import Catalog
-from potstill.importers import import_shared, read_source
+from potstill.data.catalog import Catalog
+from benchmarks.support.importers import import_shared, read_source
 from potstill.kinds import (
     KindSpec,
     choice_options,
@@ -23,7 +23,7 @@ from potstill.kinds import (
     text_confidence,
 )
 from potstill.prompts import PromptTemplate
-from potstill.teacher.base import Generation, SamplingSpec, TokenLogprobs
+from potstill.labeling.teacher.base import Generation, SamplingSpec, TokenLogprobs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -181,7 +181,7 @@ def test_free_text_kinds_flag_empty_output_and_keep_the_row():
 
 
 def _backend(folder: Path):
-    from potstill.teacher.transformers_backend import TransformersBackend
+    from potstill.labeling.teacher.transformers_backend import TransformersBackend
 
     return TransformersBackend.from_spec(str(folder), batch_size=16)
 

@@ -30,7 +30,7 @@ from potstill.review import (
     route_to_review,
     sync_outbox,
 )
-from potstill.review_merge import merge_reviews
+from potstill.review.merge import merge_reviews
 
 if TYPE_CHECKING:
     from conftest import LabelStudioServer

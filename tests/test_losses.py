@@ -1,7 +1,7 @@
 """Distillation losses pinned against naive references written straight from the definitions.
 
 The references use Python floats (double precision) and loops over tiny shapes, sharing no code with
-`potstill.losses`: softmax, the k+1 buckets of a sparse signal, the divergences, the T² factor, the mean over
+`potstill.training.losses`: softmax, the k+1 buckets of a sparse signal, the divergences, the T² factor, the mean over
 positions and the cross-entropy are all spelled out again here.
 """
 
@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from potstill.losses import (
+from potstill.training.losses import (
     DIVERGENCES,
     DenseSignal,
     SparseSignal,
@@ -116,7 +116,7 @@ def logits(seed: int, n: int = N, v: int = V, scale: float = 2.0) -> torch.Tenso
 
 
 def sparse_from(teacher_logits: torch.Tensor, k: int, pad_last_row: bool = True) -> SparseSignal:
-    """Top-k of the teacher's T=1 distribution, as potstill.signals stores it (last row: one pad)."""
+    """Top-k of the teacher's T=1 distribution, as potstill.labeling.signals stores it (last row: one pad)."""
     lp = torch.log_softmax(teacher_logits, dim=-1)
     top_lp, top_ids = lp.topk(k, dim=-1)
     if pad_last_row:

@@ -1,4 +1,4 @@
-"""Distillation methods (potstill/methods/): each trains a real tiny student (the conftest Llama with the real
+"""Distillation methods (potstill/training/methods/): each trains a real tiny student (the conftest Llama with the real
 SmolLM2 tokenizer) from a real tiny teacher, through its TRL trainer subclass, and moves the student toward
 the teacher; logit_online's loss is pinned against a naive full-logit reference; vocabulary checks, LoRA
 merging, the step-by-step inference prompt and config validation; and one run of the real distill flow."""
@@ -6,6 +6,7 @@ merging, the step-by-step inference prompt and config validation; and one run of
 from __future__ import annotations
 
 import shutil
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,22 @@ from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 from trl import DistillationTrainer, SFTTrainer
 
-from potstill.classifier import Classifier
-from potstill.config import ConfigError, DistillConfig, StudentConfig, load_config, validate
-from potstill.methods import DistillInputs, check_vocab, train
-from potstill.methods.hidden_states import default_layer_map
-from potstill.methods.hidden_states import make_trainer as hidden_trainer
-from potstill.methods.logit_online import make_trainer as online_trainer
-from potstill.methods.on_policy import make_trainer as on_policy_trainer
-from potstill.methods.step_by_step import RATIONALE_PREFIX
-from potstill.methods.step_by_step import make_trainer as sbs_trainer
+from potstill.training.classifier import Classifier
+from potstill.config import (
+    ConfigError,
+    ConfigMovedWarning,
+    DistillConfig,
+    StudentConfig,
+    load_config,
+    validate,
+)
+from potstill.training.methods import DistillInputs, check_vocab, train
+from potstill.training.methods.hidden_states import default_layer_map
+from potstill.training.methods.hidden_states import make_trainer as hidden_trainer
+from potstill.training.methods.logit_online import make_trainer as online_trainer
+from potstill.training.methods.on_policy import make_trainer as on_policy_trainer
+from potstill.training.methods.step_by_step import RATIONALE_PREFIX
+from potstill.training.methods.step_by_step import make_trainer as sbs_trainer
 from potstill.prompts import PromptTemplate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,17 +89,21 @@ def _inputs(
     *,
     steps: int = 6,
     lr: float = 3e-3,
-    **distill,
+    rows: list[dict[str, Any]] | None = None,
+    method: str = "sft",
+    lora: dict[str, Any] | None = None,
+    **options: Any,
 ) -> DistillInputs:
+    """The method's own options (`distill.<method>`) as keyword arguments."""
     return DistillInputs(
         model=LlamaForCausalLM.from_pretrained(student_dir, dtype=torch.float32),
         tokenizer=tokenizer,
-        rows=distill.pop("rows", None) or _rows(),
+        rows=rows or _rows(),
         prompt=STUDENT_PROMPT,
         student=StudentConfig(
             model="tiny", layers=None, max_steps=steps, batch_size=4, logging_steps=1, learning_rate=lr
         ),
-        distill=DistillConfig(**distill),
+        distill=DistillConfig.model_validate({"method": method, method: options, "lora": lora or {}}),
         output_dir=out,
         seed=0,
         teacher_model=str(teacher) if teacher else None,
@@ -100,7 +112,7 @@ def _inputs(
 
 
 def _ids(tokenizer, template: PromptTemplate, row: dict[str, Any]) -> tuple[list[int], list[int]]:
-    """(prompt ids, completion ids) written out the way potstill.scoring reads a label."""
+    """(prompt ids, completion ids) written out the way potstill.labeling.scoring reads a label."""
     prefix, _ = template.split()
     p = tokenizer(prefix, add_special_tokens=False)["input_ids"]
     p += tokenizer(template.render_row(row), add_special_tokens=False)["input_ids"]
@@ -180,7 +192,7 @@ def test_logit_online_trains_student_toward_teacher(tiny_model_dir, tokenizer, t
 
 def test_hidden_states_projects_wider_teacher_and_matches_it(tiny_model_dir, tokenizer, tmp_path):
     wide = _teacher(tokenizer, "tiny-teacher-6x96-sharp", layers=6, hidden=96)
-    inputs = _inputs(tiny_model_dir, tokenizer, wide, tmp_path, method="hidden_states", hidden_loss="mse")
+    inputs = _inputs(tiny_model_dir, tokenizer, wide, tmp_path, method="hidden_states", loss="mse")
     keys_before = set(inputs.model.state_dict())
     trainer = hidden_trainer(inputs)
     assert trainer.pairs == [(0, 1), (1, 2), (2, 4), (3, 5)]  # evenly spaced, last to last
@@ -263,7 +275,7 @@ def test_on_policy_is_trl_distillation_trainer_and_moves_toward_teacher(
 
 def test_lora_saves_a_merged_plain_model(tiny_model_dir, tokenizer, teacher_dir, tmp_path):
     inputs = _inputs(
-        tiny_model_dir, tokenizer, teacher_dir, tmp_path, method="logit_online", steps=3, lora=True, lora_r=4
+        tiny_model_dir, tokenizer, teacher_dir, tmp_path, method="logit_online", steps=3, lora={"enabled": True, "r": 4}
     )
     original = {k: v.clone() for k, v in inputs.model.state_dict().items()}
     result = train(inputs)
@@ -311,17 +323,18 @@ def test_padded_teacher_vocab_is_truncated(tiny_model_dir, tokenizer, tmp_path):
 @pytest.mark.parametrize(
     ("distill", "message"),
     [
-        ({"beta": 1.5}, "distill.beta"),
-        ({"temperature": 0}, "distill.temperature"),
-        ({"kd_weight": -1}, "distill.kd_weight"),
-        ({"method": "logit_online", "kd_weight": 0, "ce_weight": 0}, "both 0"),
-        ({"method": "hidden_states", "kd_weight": 0, "hidden_weight": 0}, "all 0"),
-        ({"method": "step_by_step", "label_weight": 0}, "label_weight > 0"),
-        ({"method": "on_policy", "divergence": "tv"}, "forward_kl, reverse_kl or jsd"),
-        ({"layer_map": [[0, 1], [0, 2]]}, "twice"),
-        ({"layer_map": [[-1, 0]]}, ">= 0"),
+        ({"logit_online": {"beta": 1.5}}, "distill.logit_online.beta"),
+        ({"logit_offline": {"temperature": 0}}, "distill.logit_offline.temperature"),
+        ({"hidden_states": {"kd_weight": -1}}, "distill.hidden_states.kd_weight"),
+        ({"method": "logit_online", "logit_online": {"kd_weight": 0, "ce_weight": 0}}, "both 0"),
+        ({"hidden_states": {"kd_weight": 0, "weight": 0}}, "all 0"),
+        ({"step_by_step": {"label_weight": 0}}, "distill.step_by_step.label_weight"),
+        ({"on_policy": {"divergence": "tv"}}, "distill.on_policy.divergence"),
+        ({"hidden_states": {"layer_map": [[0, 1], [0, 2]]}}, "twice"),
+        ({"hidden_states": {"layer_map": [[-1, 0]]}}, ">= 0"),
         ({"method": "distill_harder"}, "distill.method"),
-        ({"lmbda": 2}, "distill.lmbda"),
+        ({"on_policy": {"lmbda": 2}}, "distill.on_policy.lmbda"),
+        ({"sft": {"temperature": 2}}, "distill.sft.temperature: unknown key"),
     ],
 )
 def test_distill_config_validation(distill: dict[str, Any], message: str):
@@ -331,7 +344,53 @@ def test_distill_config_validation(distill: dict[str, Any], message: str):
 
 def test_params_yaml_distill_section_is_the_default():
     assert load_config(ROOT / "params.yaml").distill == DistillConfig()
-    assert validate({"distill": {"layer_map": [[0, 0], [1, 3]]}}).distill.layer_map == [(0, 0), (1, 3)]
+    layer_map = validate({"distill": {"hidden_states": {"layer_map": [[0, 0], [1, 3]]}}}).distill.hidden_states
+    assert layer_map.layer_map == [(0, 0), (1, 3)]
+
+
+def test_old_flat_distill_keys_still_work_from_their_new_place():
+    """A params.yaml from before the per-method sections: one-to-one moves are read from the old key
+    (with a warning naming the new place); a key shared by several methods reaches each of them."""
+    with pytest.warns(ConfigMovedWarning) as seen:
+        cfg = validate(
+            {"distill": {"method": "logit_online", "temperature": 2.0, "lora": True, "lora_r": 4,
+                         "lmbda": 0.5, "layer_map": [[0, 1]], "divergence": "tv"}}
+        )  # fmt: skip
+    d = cfg.distill
+    assert d.logit_online.temperature == d.logit_offline.temperature == d.on_policy.temperature == 2.0
+    assert d.lora.enabled and d.lora.r == 4 and d.on_policy.lmbda == 0.5
+    assert d.hidden_states.layer_map == [(0, 1)] and d.logit_online.divergence == "tv"
+    assert d.on_policy.divergence == "forward_kl"  # on_policy has no tv: it keeps its own default
+    assert any("distill.lmbda is now distill.on_policy.lmbda" in str(w.message) for w in seen)
+
+
+@pytest.mark.parametrize(
+    ("old", "where"),
+    [
+        ({"teacher": {"kind": "nli"}}, "`kind:` in catalog/tasks"),
+        ({"teacher": {"prompt": "x"}}, "templates: {teacher"),
+        ({"student": {"prompt": "x"}}, "templates: {student"),
+        ({"data": {"prompts": "polarity_prompts"}}, "potstill task new"),
+    ],
+)
+def test_keys_that_moved_into_the_task_stop_naming_their_place(old: dict[str, Any], where: str):
+    with pytest.raises(ConfigError, match=re.escape(where)):
+        validate(old)
+
+
+def test_backend_sections_reach_the_backend():
+    cfg = validate(
+        {"teacher": {"backend": "vllm", "store_signals": True, "top_logprobs": 20,
+                     "vllm": {"tensor_parallel_size": 2, "max_model_len": 4096, "gpu_memory_utilization": 0.8}}}
+    )  # fmt: skip
+    settings = cfg.teacher.backend_settings()
+    assert settings["backend"] == "vllm" and settings["max_logprobs"] == 20  # raised to top_logprobs
+    assert settings["engine"] == {"tensor_parallel_size": 2, "max_model_len": 4096, "gpu_memory_utilization": 0.8}
+    with pytest.raises(ConfigError, match="teacher.openai.base_url"):
+        validate({"teacher": {"backend": "openai"}})
+    with pytest.warns(ConfigMovedWarning):
+        old = validate({"teacher": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "batch_size": 4}})
+    assert old.teacher.openai.base_url == "http://127.0.0.1:9/v1" and old.teacher.transformers.batch_size == 4
 
 
 @pytest.mark.slow
@@ -349,7 +408,8 @@ def test_logit_online_trains_through_the_distill_flow(prefect_api, project: Path
     params["teacher"]["model"] = str(tiny_model_dir)
     params["data"].update(max_prompts=32, max_eval_rows=16)
     params["student"].update(layers=[0, 3], batch_size=8, logging_steps=1, max_steps=3, eval_batch_size=16)
-    params["distill"].update(method="logit_online", ce_weight=0.5)
+    params["distill"].update(method="logit_online")
+    params["distill"]["logit_online"].update(ce_weight=0.5)
     out = distill(params=params, project=str(project))
 
     run = MlflowClient().get_run(out["run_id"])
@@ -362,6 +422,6 @@ def test_logit_online_trains_through_the_distill_flow(prefect_api, project: Path
         assert [m.step for m in history] == [1, 2, 3], name
     kd = client.get_metric_history(out["run_id"], "train_kd_loss")
     assert all(m.value >= 0 for m in kd)
-    model = mlflow.pyfunc.load_model(f"models:/potstill-student/{out['registered']['version']}")
+    model = mlflow.pyfunc.load_model(f"models:/polarity-student/{out['registered']['version']}")
     pred = model.predict(pd.DataFrame({"text": ["a wonderful film", "a tedious mess"]}))
     assert set(pred["label"]) <= {"negative", "positive"}

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from potstill.drift import DriftCheck, DriftReport
-from potstill.monitoring import RetrainDecision, decide_retrain, new_batches, record_batch, seeded_sample
+from potstill.operations.drift import DriftCheck, DriftReport
+from potstill.operations.monitoring import RetrainDecision, decide_retrain, new_batches, record_batch, seeded_sample
 
 SHARED = Path("/work/shared/data")
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -116,14 +116,14 @@ def _params(project: Path, tiny_model_dir: Path) -> dict[str, Any]:
 def test_monitor_drift_flow(prefect_api, project: Path, tiny_model_dir: Path, capsys):
     from flows.distill import distill
     from flows.monitor_drift import monitor_drift
-    from potstill.catalog import Catalog
+    from potstill.data.catalog import Catalog
     from potstill.cli import main
 
     params = _params(project, tiny_model_dir)
     trained = distill(params=params, project=str(project))
     assert "champion" in trained["registered"]["aliases"]
-    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml")
-    held_out = catalog.load("polarity_prompts")[160:224]  # never labeled, never trained on
+    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml").for_task("polarity")
+    held_out = catalog.load("prompts")[160:224]  # never labeled, never trained on
 
     # A clean batch: same domain as the training data.
     catalog.save("incoming", [{"id": r["id"], "text": r["text"]} for r in held_out])
@@ -187,27 +187,31 @@ def test_monitor_drift_flow(prefect_api, project: Path, tiny_model_dir: Path, ca
 
     # The CLI predicts a named batch with the champion.
     assert main(["--project", str(project), "predict", "--batch", "v1"]) == 0
-    assert "predicted 64 rows of incoming v1" in capsys.readouterr().out
+    assert "predicted 64 rows of polarity/incoming v1" in capsys.readouterr().out
     assert main(["--project", str(project), "predict", "--batch", "v9"]) == 2
 
 
 def test_deployment_trigger_starts_one_retrain_run_without_waiting(prefect_api):
-    """`trigger: deployment` creates a flow run of retrain/retrain-on-drift with the batch and project and
+    """`trigger: deployment` creates a flow run of the task's retrain deployment with the batch and project and
     returns at once (timeout=0): no worker has to pick it up for the monitor to go on."""
     from prefect.client.orchestration import get_client
 
-    from tasks.monitor import trigger_retrain
+    from tasks.monitor import retrain_deployment, trigger_retrain
 
+    deployment = retrain_deployment("polarity")
+    assert deployment == "retrain/polarity-retrain-on-drift"
     with get_client(sync_client=True) as client:
         flow_id = client.create_flow_from_name("retrain")
-        deployment_id = client.create_deployment(flow_id=flow_id, name="retrain-on-drift")
-        fired = trigger_retrain(RetrainDecision(True, ["drift"]), "deployment", "v7", "/srv/potstill", {})
+        deployment_id = client.create_deployment(flow_id=flow_id, name="polarity-retrain-on-drift")
+        fired = trigger_retrain(RetrainDecision(True, ["drift"]), "deployment", "v7", "/srv/potstill", deployment)
         assert fired["triggered"] and fired["mode"] == "deployment"
         run = client.read_flow_run(fired["flow_run_id"])
         assert run.deployment_id == deployment_id
         assert run.parameters == {"batch": "v7", "project": "/srv/potstill"}
         assert run.state.is_scheduled()
-        quiet = trigger_retrain(RetrainDecision(False, ["no drift"]), "deployment", "v8", "/srv/potstill", {})
+        quiet = trigger_retrain(
+            RetrainDecision(False, ["no drift"]), "deployment", "v8", "/srv/potstill", deployment
+        )
         assert quiet == {"triggered": False, "mode": "deployment"}
 
 
@@ -218,13 +222,13 @@ def test_inline_trigger_runs_the_retrain_flow_on_the_drifted_batch(
 ):
     from flows.distill import distill
     from flows.monitor_drift import monitor_drift
-    from potstill.catalog import Catalog
+    from potstill.data.catalog import Catalog
 
     params = _params(project, tiny_model_dir)
     params["data"].update(max_prompts=96)
     params["monitor"].update(trigger="inline", reference_rows=96, checks=["mmd"])
     distill(params=params, project=str(project))
-    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml")
+    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml").for_task("polarity")
     gsm = _jsonl(SHARED / "gsm8k" / "train.jsonl", "question", 48)
     catalog.save("incoming", [{"id": f"gsm-{i}", "text": t} for i, t in enumerate(gsm)])
 

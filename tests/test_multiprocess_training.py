@@ -1,4 +1,4 @@
-"""Multi-process training under `accelerate launch` (potstill/launch.py) against one process.
+"""Multi-process training under `accelerate launch` (potstill/training/launch.py) against one process.
 
 Two ranks on CPU (DDP over gloo) at the same global batch must reproduce the loss curve and the final
 weights of the in-process single-process run to 1e-4, with the real tiny Llama and the real trainer.
@@ -27,10 +27,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from potstill.classifier import Classifier
+from potstill.training.classifier import Classifier
 from potstill.config import RunConfig, load_config
-from potstill.launch import LaunchError, launch_training, per_device_batch
-from potstill.methods import DistillInputs, TrainResult, train
+from potstill.training.launch import LaunchError, launch_training, per_device_batch
+from potstill.training.methods import DistillInputs, TrainResult, train
 from potstill.models import load_model
 from potstill.prompts import PromptTemplate
 from tests.conftest import CACHE, ROOT, build_tiny_llama

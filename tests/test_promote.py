@@ -10,10 +10,12 @@ from mlflow.tracking import MlflowClient
 
 from potstill.cli import main
 from potstill.config import validate
+from potstill.data.tasks import RegistryTarget
 from tasks.register import judge, promote_version, rollback
 from tasks.tracking import configure
 
-NAME = "potstill-student"
+NAME = "polarity-student"  # the demo task's registered model
+TARGET = RegistryTarget(NAME, "student_accuracy", "potstill-polarity")
 
 
 def _version(client: MlflowClient, accuracy: float, recall_neg: float, latency: float = 50.0) -> str:
@@ -48,7 +50,7 @@ def test_gate_refuses_then_force_then_rollback(registry) -> None:
     v2 = _version(client, 0.72, 0.50)  # better overall, but the negative slice drops by 0.2
     cfg = validate({"promotion": {"min_improvement": 0.01, "max_slice_regression": 0.05}})
 
-    decision, applied = promote_version(cfg, v2)
+    decision, applied = promote_version(cfg, TARGET, v2)
     assert not applied and not decision.promote
     assert any("label=negative" in r for r in decision.reasons)
     assert client.get_model_version_by_alias(NAME, "champion").version == int(
@@ -76,12 +78,12 @@ def test_gate_passes_and_budget_fails(registry) -> None:
     v2 = _version(client, 0.75, 0.71, latency=500.0)
     cfg = validate({"promotion": {"min_improvement": 0.01, "max_latency_ms": 100}})
     metrics = dict(client.get_run(client.get_model_version(NAME, v2).run_id).data.metrics)
-    decision = judge(client, cfg, metrics, client.get_model_version_by_alias(NAME, "champion"))
+    decision = judge(client, cfg, metrics, client.get_model_version_by_alias(NAME, "champion"), "student_accuracy")
     assert not decision.promote and [c.name for c in decision.failed] == ["latency"]
-    ok, applied = promote_version(validate({"promotion": {"min_improvement": 0.01}}), v2)
+    ok, applied = promote_version(validate({"promotion": {"min_improvement": 0.01}}), TARGET, v2)
     assert ok.promote and applied
     assert client.get_model_version_by_alias(NAME, "champion").version == int(v2)
-    rollback(cfg)
+    rollback(TARGET)
     assert client.get_model_version_by_alias(NAME, "champion").version == int(v1)
 
 
@@ -95,7 +97,7 @@ def test_champion_whose_run_is_in_another_tracking_store_is_a_clear_error(regist
     )
     champion = elsewhere.get_model_version_by_alias(NAME, "champion")
     with pytest.raises(RuntimeError, match=f"run {champion.run_id}.*other.db.*MLFLOW_REGISTRY_URI"):
-        judge(elsewhere, validate({}), {"student_accuracy": 0.9}, champion)
+        judge(elsewhere, validate({}), {"student_accuracy": 0.9}, champion, "student_accuracy")
 
 
 def test_manual_promote_and_rollback_wait_for_the_registry_slot(registry) -> None:
@@ -118,7 +120,7 @@ def test_manual_promote_and_rollback_wait_for_the_registry_slot(registry) -> Non
             held.set()
             release.wait(timeout=30)
 
-    for step in (lambda: promote_version(cfg, v2), lambda: rollback(cfg)):
+    for step in (lambda: promote_version(cfg, TARGET, v2), lambda: rollback(TARGET)):
         holder = threading.Thread(target=hold)
         holder.start()
         assert held.wait(timeout=30)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from potstill.gate import (
+from potstill.operations.gate import (
     Check,
     GateConfig,
     ModelScores,

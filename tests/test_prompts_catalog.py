@@ -1,8 +1,8 @@
 import pytest
 
-from potstill.catalog import Catalog, CatalogError
+from potstill.data.catalog import Catalog, CatalogError
 from potstill.prompts import PromptError, PromptTemplate
-from potstill.versioning import VersionError
+from potstill.data.versioning import VersionError
 
 
 def test_template_split_render_and_digest():
@@ -17,7 +17,7 @@ def test_template_split_render_and_digest():
 
 
 def test_catalog_round_trip_by_name(project):
-    cat = Catalog.from_file(project / "catalog" / "catalog.yaml")
+    cat = Catalog.from_file(project / "catalog" / "catalog.yaml").for_task("polarity")
     assert cat.root == project
     assert not cat.exists("train_set")
     rows = [
@@ -25,7 +25,8 @@ def test_catalog_round_trip_by_name(project):
         {"id": "b", "text": "y \u00e9", "label": "negative"},
     ]
     saved = cat.save("train_set", rows)
-    assert saved.rows == 2 and saved.path == project / "catalog/data/runs/train_set.jsonl"
+    assert saved.rows == 2 and saved.path == project / "catalog/data/polarity/pipeline/train_set.jsonl"
+    assert saved.name == "polarity/train_set" and cat.full_name("train_set") == "polarity/train_set"
     assert cat.load("train_set") == rows
     assert cat.digest("train_set") == saved.digest
     cat.save("train_set", rows[:1])
@@ -34,21 +35,21 @@ def test_catalog_round_trip_by_name(project):
 
 
 def test_catalog_errors_are_readable(project):
-    cat = Catalog.from_file(project / "catalog" / "catalog.yaml")
+    cat = Catalog.from_file(project / "catalog" / "catalog.yaml").for_task("polarity")
     with pytest.raises(CatalogError, match=r"no dataset 'nope' in the catalog; known: \["):
         cat.load("nope")
     with pytest.raises(CatalogError, match="has no data yet"):
         cat.load("review_queue")
-    with pytest.raises(VersionError, match=r"train_set@v3 does not exist; versions: none yet"):
+    with pytest.raises(VersionError, match=r"polarity/train_set@v3 does not exist; versions: none yet"):
         cat.load("train_set", version="v3")
-    (project / "catalog/data/runs").mkdir(parents=True)
-    (project / "catalog/data/runs/train_set.jsonl").write_text('{"id": "a"}\n{broken\n')
+    (project / "catalog/data/polarity/pipeline").mkdir(parents=True)
+    (project / "catalog/data/polarity/pipeline/train_set.jsonl").write_text('{"id": "a"}\n{broken\n')
     with pytest.raises(CatalogError, match=r"train_set.jsonl:2: not valid JSON"):
         cat.load("train_set")
 
 
 def test_catalog_prompts_and_bad_files(project):
-    cat = Catalog.from_file(project / "catalog" / "catalog.yaml")
+    cat = Catalog.from_file(project / "catalog" / "catalog.yaml").for_task("polarity")
     teacher = cat.prompt("teacher_prompt")
     assert teacher.fields == ["text"] and teacher.text.endswith("Sentiment:")
     assert teacher.prefix.count("Review:") == 9  # 8 examples + the row's

@@ -27,9 +27,9 @@ import pytest
 from potstill.config import TeacherConfig
 from potstill.kinds import KindSpec, label_rows
 from potstill.prompts import PromptTemplate
-from potstill.ray_labeling import LocalRayHead, is_loopback, resolve_address
-from potstill.shards import label_sharded
-from potstill.teacher.transformers_backend import TransformersBackend
+from potstill.labeling.ray_shards import LocalRayHead, is_loopback, resolve_address
+from potstill.labeling.shards import label_sharded
+from potstill.labeling.teacher.transformers_backend import TransformersBackend
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_SH = ROOT / "infra" / "prefect" / "server.sh"
@@ -148,14 +148,14 @@ def test_ray_labels_equal_local_labels(ray_cluster, ray_prefect_server, tiny_mod
     from tasks.label import label_with_teacher
 
     rows = _rows(6 * SHARD_ROWS)
-    base = {"model": str(tiny_model_dir), "kind": "classification", "batch_size": 8, "shard_rows": SHARD_ROWS}
+    base = {"model": str(tiny_model_dir), "transformers": {"batch_size": 8}, "shard_rows": SHARD_ROWS}
     local_cfg = TeacherConfig(**base)
-    ray_cfg = TeacherConfig(**base, executor="ray", ray_address=ray_cluster.address)
+    ray_cfg = TeacherConfig(**base, executor="ray", ray={"address": ray_cluster.address})
 
     @flow(name="label-test")
     def label(cfg: TeacherConfig) -> dict:
         task = label_with_teacher.with_options(refresh_cache=True)  # the executor is not in the cache key
-        return task(rows, cfg, PROMPT, LABELS, "test")
+        return task(rows, cfg, PROMPT, "classification", LABELS, "test")
 
     local = label(local_cfg)
     folder = Path(local["shards_folder"])
@@ -200,11 +200,10 @@ def test_killed_ray_worker_loses_nothing_and_labels_nothing_twice(
     reference = _local_labels(tiny_model_dir, rows, tmp_path / "local")
     cfg = TeacherConfig(
         model=str(tiny_model_dir),
-        kind="classification",
-        batch_size=8,
+        transformers={"batch_size": 8},
         shard_rows=SHARD_ROWS,
         executor="ray",
-        ray_address=ray_cluster.address,
+        ray={"address": ray_cluster.address},
     )
     spec = KindSpec(kind="classification", labels=tuple(LABELS))
     marks = tmp_path / "marks"

@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from potstill.readers import Problem, RejectedRow, read_rows
+from potstill.data.readers import Problem, RejectedRow, read_rows
 
 REQ = ["id", "text"]
 

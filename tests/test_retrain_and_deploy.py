@@ -25,12 +25,13 @@ import yaml
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from potstill.catalog import Catalog
-from potstill.retrain import find_student_folder, normalise_text
+from potstill.data.catalog import Catalog
+from potstill.operations.retrain import find_student_folder, normalise_text
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_SH = ROOT / "infra" / "prefect" / "server.sh"
-MODEL = "potstill-student"
+MODEL = "polarity-student"  # the demo task's registered model
+EXPERIMENT = "potstill-polarity"
 POTSTILL = str(Path(sys.executable).with_name("potstill"))  # the console script of this venv
 
 
@@ -106,25 +107,26 @@ def test_deploy_serves_scheduled_runs_and_stops_on_sigterm(on_server: str, tmp_p
         with get_client(sync_client=True) as client:
             deadline = time.monotonic() + 240
             names = (
-                "distill/distill-nightly",
-                "review_sync/review-sync",
-                "monitor_drift/monitor-drift-hourly",
+                "distill/polarity-distill-nightly",
+                "review_sync/polarity-review-sync",
+                "monitor_drift/polarity-monitor-drift-hourly",
             )
             deployments: dict[str, Any] = {}
             while time.monotonic() < deadline and len(deployments) < 4:
-                for name in (*names, "retrain/retrain-on-drift"):
+                for name in (*names, "retrain/polarity-retrain-on-drift"):
                     with contextlib.suppress(ObjectNotFound):  # not registered yet
                         deployments[name] = client.read_deployment_by_name(name)
                 assert proc.poll() is None, (tmp_path / "deploy.log").read_text()[-3000:]
                 time.sleep(1)
             assert len(deployments) == 4, sorted(deployments)
-            assert not deployments["retrain/retrain-on-drift"].schedules  # started by the monitor only
-            crons = [s.schedule.cron for s in deployments["distill/distill-nightly"].schedules]
+            assert not deployments["retrain/polarity-retrain-on-drift"].schedules  # started by the monitor only
+            crons = [s.schedule.cron for s in deployments["distill/polarity-distill-nightly"].schedules]
             assert crons == ["0 2 * * *"]
-            assert deployments["distill/distill-nightly"].parameters["project"] == str(project)
+            assert deployments["distill/polarity-distill-nightly"].parameters["project"] == str(project)
+            assert deployments["distill/polarity-distill-nightly"].parameters["params"]["task"] == "polarity"
             finals: dict[str, str] = {}
             while time.monotonic() < deadline and len(finals) < 2:
-                for key in ("monitor_drift/monitor-drift-hourly", "review_sync/review-sync"):
+                for key in ("monitor_drift/polarity-monitor-drift-hourly", "review_sync/polarity-review-sync"):
                     for run in _flow_runs(client, deployments[key].id):
                         if run.state and run.state.is_final():
                             finals[key] = run.state.type.value
@@ -133,8 +135,8 @@ def test_deploy_serves_scheduled_runs_and_stops_on_sigterm(on_server: str, tmp_p
             # monitor_drift with no incoming batch completes; review_sync without Label Studio fails fast:
             # either way the scheduler created the run and the served process ran it.
             assert finals == {
-                "monitor_drift/monitor-drift-hourly": "COMPLETED",
-                "review_sync/review-sync": "FAILED",
+                "monitor_drift/polarity-monitor-drift-hourly": "COMPLETED",
+                "review_sync/polarity-review-sync": "FAILED",
             }, (tmp_path / "deploy.log").read_text()[-3000:]
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0
@@ -186,9 +188,9 @@ def distilled(on_server: str, tmp_path_factory: pytest.TempPathFactory, tiny_mod
 
     project = _copy_project(tmp_path_factory.mktemp("retrain-project"))
     distill(params=_params(tiny_model_dir), project=str(project))
-    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml")
+    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml").for_task("polarity")
     old = catalog.load("train_set")
-    gold = catalog.load("polarity_gold")
+    gold = catalog.load("gold")
     batch = [{"id": f"inc-{r['id']}", "text": r["text"], "label": r["label"]} for r in gold[300:330]]
     batch += [
         {"id": old[0]["id"], "text": old[0]["text"]},  # same id as a row of the previous train_set
@@ -207,6 +209,16 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+def _pruned_base(teacher: Path, folder: Path) -> dict[str, torch.Tensor]:
+    """The untrained student of `_params` (layer 0 of the teacher), rebuilt: pruning is deterministic."""
+    from potstill.models import load_model
+    from potstill.training.student import prune_layers
+
+    model, _ = load_model(str(teacher))
+    prune_layers(model, [0]).save_pretrained(folder)
+    return _weights(folder)
+
+
 def _champion(client: MlflowClient) -> str:
     return str(client.get_model_version_by_alias(MODEL, "champion").version)
 
@@ -222,7 +234,7 @@ def test_retrain_continues_from_champion_and_a_failing_gate_keeps_it(
     champion_dir = find_student_folder(
         Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}@champion", dst_path=str(tmp_path)))
     )
-    catalog = Catalog.from_file(distilled / "catalog" / "catalog.yaml")
+    catalog = Catalog.from_file(distilled / "catalog" / "catalog.yaml").for_task("polarity")
     previous_tag = client.get_model_version(MODEL, champion_before).tags["lineage.data.train_set"]
     previous = catalog.load("train_set", previous_tag.split()[0])
 
@@ -253,9 +265,14 @@ def test_retrain_continues_from_champion_and_a_failing_gate_keeps_it(
 
     # Training started from the champion: tiny learning rate, so the result sits next to the champion's
     # weights and far from the fresh pruned student both were cut from.
-    trained, base = _weights(catalog.path("student")), _weights(catalog.path("student_base"))
-    champion_weights = _weights(champion_dir)
+    retrained_dir = find_student_folder(
+        Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{out['registered']['version']}",
+                                                 dst_path=str(tmp_path / "retrained")))
+    )  # fmt: skip
+    trained, champion_weights = _weights(retrained_dir), _weights(champion_dir)
+    base = _pruned_base(tiny_model_dir, tmp_path / "base")  # what the distill run started from
     assert _max_diff(trained, champion_weights) < 1e-4 < _max_diff(champion_weights, base)
+    assert not (distilled / "catalog/data/polarity/runs" / out["run_id"]).exists()  # run folder cleaned
     assert out["init_from"] == f"models:/{MODEL}@champion version {champion_before}"
 
     run = client.get_run(out["run_id"])
@@ -311,7 +328,7 @@ def test_logit_offline_retrain_labels_the_new_rows_with_signals(
     from flows.retrain import retrain
 
     params = _params(tiny_model_dir, min_improvement=1.0)  # refused: the champion stays for other tests
-    params["distill"] = {"method": "logit_offline"}
+    params["distill"]["method"] = "logit_offline"
     assert not params["teacher"].get("store_signals")
     champion = _champion(MlflowClient())
     out = retrain(params=params, project=str(distilled))
@@ -320,10 +337,10 @@ def test_logit_offline_retrain_labels_the_new_rows_with_signals(
     assert run.data.params["distill.method"] == "logit_offline"
     assert run.data.metrics["train_steps"] == 2
     assert _champion(MlflowClient()) == champion
-    catalog = Catalog.from_file(distilled / "catalog" / "catalog.yaml")
+    catalog = Catalog.from_file(distilled / "catalog" / "catalog.yaml").for_task("polarity")
     merged = catalog.load("train_set", out["train_set"].split()[0])
     new_ids = {r["id"] for r in merged if str(r["id"]).startswith("inc-")}
-    from potstill.signals import load_signals, signal_key
+    from potstill.labeling.signals import load_signals, signal_key
 
     cache = Path(os.environ["POTSTILL_CACHE"])
     folders = [m.parent for m in (cache / "labels").glob("*/manifest.json") if any(m.parent.glob("*.npz"))]
@@ -332,7 +349,7 @@ def test_logit_offline_retrain_labels_the_new_rows_with_signals(
 
 
 def test_merge_rule_new_rows_win_and_replay_sample() -> None:
-    from potstill.retrain import continuation_rows, merge_train_sets
+    from potstill.operations.retrain import continuation_rows, merge_train_sets
 
     old = [
         {"id": "a", "text": "A fine film.", "label": "positive"},
@@ -386,7 +403,7 @@ def _wait_for(what: str, check: Any, proc: subprocess.Popen[bytes], log: Path, t
 def test_drift_triggers_the_served_retrain_deployment_exactly_once(
     on_server: str, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    """monitor_drift (trigger: deployment) creates a run of retrain/retrain-on-drift; the process of
+    """monitor_drift (trigger: deployment) creates a run of retrain/polarity-retrain-on-drift; the process of
     `potstill deploy` picks it up and runs it to COMPLETED (the retrain's MLflow run and model version
     exist); a second drifted batch inside the cooldown creates no second run."""
     from prefect.client.orchestration import get_client
@@ -403,7 +420,7 @@ def test_drift_triggers_the_served_retrain_deployment_exactly_once(
     # `potstill deploy` gives the deployment the config resolved from the project's params.yaml.
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     distill(params=params, project=str(project))
-    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml")
+    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml").for_task("polarity")
     mlflow_client = MlflowClient()  # the project's store: distill configured it
     champion = _champion(mlflow_client)
 
@@ -422,7 +439,7 @@ def test_drift_triggers_the_served_retrain_deployment_exactly_once(
 
             def served_deployment() -> Any:
                 with contextlib.suppress(ObjectNotFound):
-                    d = client.read_deployment_by_name("retrain/retrain-on-drift")
+                    d = client.read_deployment_by_name("retrain/polarity-retrain-on-drift")
                     # an earlier test may have registered the same name for another project
                     return d if d.parameters.get("project") == str(project) else None
                 return None
@@ -450,7 +467,7 @@ def test_drift_triggers_the_served_retrain_deployment_exactly_once(
             # The run did the retrain: its MLflow run is tagged with the Prefect flow run and the batch,
             # and it registered a new model version continued from the champion.
             [retrain_run] = mlflow_client.search_runs(
-                [mlflow_client.get_experiment_by_name("potstill").experiment_id],
+                [mlflow_client.get_experiment_by_name(EXPERIMENT).experiment_id],
                 f"tags.`prefect.flow_run_id` = '{flow_run_id}'",
             )
             assert retrain_run.data.tags["potstill.flow"] == "retrain"

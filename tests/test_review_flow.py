@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.distill import distill
 from flows.review_sync import ReviewNotConfigured, review_sync
-from potstill.catalog import Catalog
+from potstill.data.catalog import Catalog
 
 if TYPE_CHECKING:
     from conftest import LabelStudioServer
@@ -52,7 +52,7 @@ def test_corrections_reach_the_next_training_set_and_mlflow(
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.token)
     params = _params(project, tiny_model_dir)
     first = distill(params=params, project=str(project))
-    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml")
+    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml").for_task("polarity")
     queue = catalog.load("review_queue")
     assert first["review"]["target"] == "label-studio" and first["review"]["created"] == 5 == len(queue)
     assert sum(bool(r.get("audit")) for r in queue) == 1
@@ -107,7 +107,7 @@ def test_corrections_reach_the_next_training_set_and_mlflow(
     }
     assert second["review"]["human_rows"] == 2 and second["review"]["rejected_rows"] == 1
     assert second["review"]["created"] == 0  # the two unanswered rows are in the project already
-    tags = MlflowClient().get_model_version("potstill-student", second["registered"]["version"]).tags
+    tags = MlflowClient().get_model_version("polarity-student", second["registered"]["version"]).tags
     assert tags["lineage.data.reviewed_labels"] == synced["version"]
 
 
@@ -118,10 +118,10 @@ def test_review_sync_without_label_studio_says_how_to_configure(prefect_api, pro
 
 @pytest.mark.slow
 def test_without_label_studio_the_run_writes_an_import_file(prefect_api, project: Path, tiny_model_dir: Path):
-    from potstill.summary import review_line
+    from potstill.cli.summary import review_line
 
     out = distill(params=_params(project, tiny_model_dir), project=str(project))
-    path = project / "catalog/data/review/label_studio_import.json"
+    path = project / "catalog/data/polarity/review/label_studio_import.json"
     assert out["review"]["target"] == "file" and out["review"]["location"] == str(path)
     tasks = json.loads(path.read_text())
     assert len(tasks) == out["rows_to_review"] == 5

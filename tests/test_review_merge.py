@@ -18,7 +18,7 @@ from potstill.review import (
     parse_annotation,
     write_import_file,
 )
-from potstill.review_merge import HumanAnnotation, merge_reviews, resolve_row, review_stats
+from potstill.review.merge import HumanAnnotation, merge_reviews, resolve_row, review_stats
 
 LABELS = ("negative", "positive")
 
@@ -118,7 +118,7 @@ def test_teacher_precision_on_the_audit_sample() -> None:
         ann("a4", "1", None, rejected=True, audit=True, teacher_label="pos"),  # not counted
         ann("x", "1", "neg", teacher_label="pos"),  # not an audit row
     ]
-    from potstill.review_merge import resolve_annotations
+    from potstill.review.merge import resolve_annotations
 
     s = review_stats(resolve_annotations(anns), anns)
     assert (s.audit_reviewed, s.audit_teacher_correct) == (3, 2)

@@ -1,6 +1,6 @@
 import pytest
 
-from potstill.routing import (
+from potstill.review.routing import (
     AuditSample,
     Budget,
     PerClassQuota,

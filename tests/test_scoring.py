@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from potstill.prompts import PromptTemplate, label_completion
-from potstill.scoring import label_token_ids, score_labels
+from potstill.labeling.scoring import label_token_ids, score_labels
 
 TEMPLATE = PromptTemplate(
     "t",

@@ -20,8 +20,8 @@ import yaml
 from conftest import Services
 from mlflow.tracking import MlflowClient
 
-from potstill.catalog import Catalog
-from potstill.versioning import REMOTE_ENDPOINT_ENV, REMOTE_URL_ENV, DvcStore
+from potstill.data.catalog import Catalog
+from potstill.data.versioning import REMOTE_ENDPOINT_ENV, REMOTE_URL_ENV, DvcStore
 
 ROOT = Path(__file__).resolve().parents[1]
 POTSTILL = Path(sys.executable).with_name("potstill")
@@ -328,11 +328,11 @@ def test_potstill_run_uses_the_services_and_nothing_embedded(
     # MLflow server: the run and the registered champion, stored in PostgreSQL.
     uri = services.env["MLFLOW_TRACKING_URI"]
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.get_experiment_by_name(params["registry"]["experiment"])
+    experiment = client.get_experiment_by_name("potstill-polarity")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["potstill.flow"] == "distill"
     assert "student_accuracy" in run.data.metrics
-    champion = client.get_model_version_by_alias(params["registry"]["model_name"], "champion")
+    champion = client.get_model_version_by_alias("polarity-student", "champion")
     assert champion.version == "1" and champion.run_id == run.info.run_id
     assert postgres_rows(
         services, "mlflow", "SELECT status FROM runs WHERE run_uuid = %s", (run.info.run_id,)
@@ -361,7 +361,7 @@ def test_potstill_run_uses_the_services_and_nothing_embedded(
     # DVC remote on S3: every catalog version's object is there, and reads back from an empty cache.
     conf = dvc_config(project)
     assert conf["remote"]["storage"]["url"] == services.env["POTSTILL_DVC_REMOTE_URL"]
-    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml")
+    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml").for_task("polarity")
     dvc_keys = set(s3_keys(services.env, "potstill-dvc"))
     for name in ("teacher_labels", "train_set"):
         record = catalog.versions.latest(name)

@@ -16,9 +16,9 @@ import pytest
 
 from potstill.kinds import KindSpec, Labeled, label_rows
 from potstill.prompts import PromptTemplate
-from potstill.shards import ShardError, ShardRun, atomic_write_text, label_sharded, rows_digest, run_folder
-from potstill.signals import from_tokens, read_signals, tail_mass, write_signals
-from potstill.teacher.base import TokenLogprobs
+from potstill.labeling.shards import ShardError, ShardRun, atomic_write_text, label_sharded, rows_digest, run_folder
+from potstill.labeling.signals import from_tokens, read_signals, tail_mass, write_signals
+from potstill.labeling.teacher.base import TokenLogprobs
 
 ROOT = Path(__file__).resolve().parents[1]
 NLI_PROMPT = "Decide.\nPremise: {premise}\nHypothesis: {hypothesis}\nAnswer:"
@@ -30,8 +30,8 @@ import json, sys, time
 from pathlib import Path
 from potstill.kinds import KindSpec, label_rows
 from potstill.prompts import PromptTemplate
-from potstill.shards import label_sharded
-from potstill.teacher.transformers_backend import TransformersBackend
+from potstill.labeling.shards import label_sharded
+from potstill.labeling.teacher.transformers_backend import TransformersBackend
 
 model_dir, folder, rows_file, delay = sys.argv[1], Path(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 rows = json.loads(Path(rows_file).read_text())
@@ -78,7 +78,7 @@ def test_killed_run_resumes_without_redoing_or_losing_a_row(tmp_path, tiny_model
     assert 1 <= len(finished) < 6, "the kill must land after the first shard and before the last"
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in finished}
 
-    from potstill.teacher.transformers_backend import TransformersBackend
+    from potstill.labeling.teacher.transformers_backend import TransformersBackend
 
     backend = TransformersBackend.from_spec(str(tiny_model_dir), batch_size=8)
     template = PromptTemplate("nli", NLI_PROMPT)
@@ -215,7 +215,7 @@ def test_signals_round_trip_and_bytes_per_token(tmp_path):
 
 
 def test_sharded_generation_stores_signals_beside_each_shard(tmp_path, tiny_model_dir):
-    from potstill.teacher.transformers_backend import TransformersBackend
+    from potstill.labeling.teacher.transformers_backend import TransformersBackend
 
     backend = TransformersBackend.from_spec(str(tiny_model_dir), batch_size=8)
     template = PromptTemplate("s", "Summarize: {text}\nSummary:")
@@ -256,14 +256,14 @@ def test_label_with_teacher_labels_through_resumable_shards(
     from tasks.label import label_with_teacher
 
     monkeypatch.setenv("POTSTILL_CACHE", str(tmp_path / "cache"))
-    cfg = TeacherConfig(model=str(tiny_model_dir), batch_size=16)
+    cfg = TeacherConfig(model=str(tiny_model_dir), transformers={"batch_size": 16})
     prompt = PromptTemplate("teacher_prompt", (ROOT / "catalog/prompts/student_polarity.txt").read_text())
     rows = [{"id": i, "text": f"a film number {i} , fine .", "label": "positive"} for i in range(70)]
 
     @flow
     def labeling(refresh: bool) -> dict:
         task = label_with_teacher.with_options(refresh_cache=refresh)
-        return task(rows, cfg, prompt, ["negative", "positive"], "prompts")
+        return task(rows, cfg, prompt, "classification", ["negative", "positive"], "prompts")
 
     first = labeling(False)
     folder = Path(first["shards_folder"])

@@ -16,11 +16,11 @@ from typing import ClassVar
 import pytest
 import torch
 
-from potstill.scoring import score_labels
-from potstill.teacher import TeacherBackend, load_backend
-from potstill.teacher.base import SamplingSpec
-from potstill.teacher.openai_backend import OpenAIBackend, TeacherHTTPError
-from potstill.teacher.transformers_backend import TransformersBackend
+from potstill.labeling.scoring import score_labels
+from potstill.labeling.teacher import TeacherBackend, load_backend
+from potstill.labeling.teacher.base import SamplingSpec
+from potstill.labeling.teacher.openai_backend import OpenAIBackend, TeacherHTTPError
+from potstill.labeling.teacher.transformers_backend import TransformersBackend
 
 PREFIX = "Classify the sentiment of each review.\nReview: a dull film.\nSentiment: negative\n"
 BODIES = [
@@ -277,9 +277,7 @@ def test_label_task_through_the_openai_backend_on_llama_cpp(
     cfg = TeacherConfig(
         model=llama_cpp_server.model,
         backend="openai",
-        base_url=llama_cpp_server.base_url,
-        score_mode="first_token",
-        max_concurrency=2,
+        openai={"base_url": llama_cpp_server.base_url, "score_mode": "first_token", "max_concurrency": 2},
     )
     prompt = PromptTemplate("t", "Review: a great film.\nSentiment: positive\n\nReview:{text}\nSentiment:")
     rows = [{"id": f"r{i}", "text": t} for i, t in enumerate(["a wonderful movie", "dull and tedious"])]
@@ -287,7 +285,7 @@ def test_label_task_through_the_openai_backend_on_llama_cpp(
 
     @flow
     def label() -> dict:
-        return label_with_teacher(rows, cfg, prompt, ["negative", "positive"], "test")
+        return label_with_teacher(rows, cfg, prompt, "classification", ["negative", "positive"], "test")
 
     out = label()
     assert [r["id"] for r in out["rows"]] == ["r0", "r1"]

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from potstill.catalog import Catalog
-from potstill.classifier import Classifier
+from potstill.data.catalog import Catalog
+from potstill.training.classifier import Classifier
 from potstill.models import ModelSourceError, load_model, resolve_source
 
 ROOT = Path(__file__).resolve().parents[1]

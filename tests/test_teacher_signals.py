@@ -19,9 +19,9 @@ from transformers import LlamaForCausalLM
 from potstill.config import DistillConfig, StudentConfig, TeacherConfig
 from potstill.kinds import KindSpec, RationaleSpec, label_rows
 from potstill.prompts import PromptTemplate, label_completion
-from potstill.shards import ShardRun, label_sharded
-from potstill.signals import load_signals, read_signals, signal_key, tail_mass
-from potstill.teacher.transformers_backend import TransformersBackend
+from potstill.labeling.shards import ShardRun, label_sharded
+from potstill.labeling.signals import load_signals, read_signals, signal_key, tail_mass
+from potstill.labeling.teacher.transformers_backend import TransformersBackend
 from tests.conftest import CACHE, build_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,8 +195,7 @@ def test_label_with_teacher_stores_signals_and_rationales(prefect_api, teacher_d
     monkeypatch.setenv("POTSTILL_CACHE", str(tmp_path / "cache"))
     cfg = TeacherConfig(
         model=str(teacher_dir),
-        kind="nli",
-        batch_size=8,
+        transformers={"batch_size": 8},
         shard_rows=4,
         top_logprobs=K,
         rationale=True,
@@ -207,10 +206,9 @@ def test_label_with_teacher_stores_signals_and_rationales(prefect_api, teacher_d
 
     @flow
     def labeling() -> tuple[dict, dict]:
-        train = label_with_teacher(
-            rows, cfg, NLI, ["entailment", "neutral", "contradiction"], "prompts", RATIONALE
-        )
-        gold = label_with_teacher(rows, cfg, NLI, ["entailment", "neutral", "contradiction"], "gold")
+        labels = ["entailment", "neutral", "contradiction"]
+        train = label_with_teacher(rows, cfg, NLI, "nli", labels, "prompts", RATIONALE)
+        gold = label_with_teacher(rows, cfg, NLI, "nli", labels, "gold")
         return train, gold
 
     train, gold = labeling()
@@ -227,7 +225,7 @@ def test_label_with_teacher_stores_signals_and_rationales(prefect_api, teacher_d
 def _inputs(student_dir: Path, rows: list[dict], signals_dir: Path | None, out: Path, **distill):
     from transformers import AutoTokenizer
 
-    from potstill.methods.inputs import DistillInputs
+    from potstill.training.methods.inputs import DistillInputs
     from potstill.models import prepare_tokenizer
 
     model = LlamaForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
@@ -247,7 +245,7 @@ def _inputs(student_dir: Path, rows: list[dict], signals_dir: Path | None, out: 
         rows=rows,
         prompt=STUDENT,
         student=student,
-        distill=DistillConfig(method="logit_offline", **distill),
+        distill=DistillConfig.model_validate({"method": "logit_offline", "logit_offline": distill}),
         output_dir=out,
         signals_dir=signals_dir,
     )
@@ -294,7 +292,7 @@ def _naive_loss(model, tok, rows, signals, kd_weight: float, ce_weight: float) -
 
 
 def test_logit_offline_loss_equals_a_naive_reference(tiny_model_dir, labeled, tmp_path):
-    from potstill.methods.logit_offline import SignalCollator, build_targets, offline_loss
+    from potstill.training.methods.logit_offline import SignalCollator, build_targets, offline_loss
 
     rows, folder = labeled
     inputs = _inputs(tiny_model_dir, rows, folder, tmp_path, kd_weight=1.0, ce_weight=0.5, chunk_size=3)
@@ -310,8 +308,8 @@ def test_logit_offline_loss_equals_a_naive_reference(tiny_model_dir, labeled, tm
 
 def test_logit_offline_trains_without_loading_the_teacher(tiny_model_dir, labeled, tmp_path, monkeypatch):
     import potstill.models
-    from potstill.methods import train
-    from potstill.methods.logit_offline import SignalCollator, build_targets, offline_loss
+    from potstill.training.methods import train
+    from potstill.training.methods.logit_offline import SignalCollator, build_targets, offline_loss
 
     def no_teacher(*a, **kw):
         raise AssertionError("logit_offline must not load a model")
@@ -323,7 +321,7 @@ def test_logit_offline_trains_without_loading_the_teacher(tiny_model_dir, labele
     batch = SignalCollator(targets, inputs.tokenizer.pad_token_id)([{"row": i} for i in range(len(rows))])
     with torch.no_grad():
         before = float(offline_loss(inputs.model, batch, inputs).loss)
-    result = train(inputs)  # the dispatcher picks potstill.methods.logit_offline
+    result = train(inputs)  # the dispatcher picks potstill.training.methods.logit_offline
     with torch.no_grad():
         after = float(offline_loss(inputs.model, batch, inputs).loss)
     assert result.steps == 4 and math.isfinite(result.final_loss) and result.tokens_per_s > 0
@@ -333,7 +331,7 @@ def test_logit_offline_trains_without_loading_the_teacher(tiny_model_dir, labele
 
 
 def test_logit_offline_names_rows_without_signals(tiny_model_dir, labeled, tmp_path):
-    from potstill.methods.logit_offline import MissingSignalsError, train
+    from potstill.training.methods.logit_offline import MissingSignalsError, train
 
     rows, folder = labeled
     extra = [{**rows[0], "id": f"new-{i}"} for i in range(7)]
@@ -348,7 +346,7 @@ def test_logit_offline_names_rows_without_signals(tiny_model_dir, labeled, tmp_p
 def test_rows_without_signals_train_on_their_label_when_allowed(tiny_model_dir, labeled, tmp_path):
     """distill.missing_signals: label (what a retrain uses for rows carried over from the champion's
     train_set): those rows are one-hot on their label at every position, the others keep their signal."""
-    from potstill.methods.logit_offline import build_targets, train
+    from potstill.training.methods.logit_offline import build_targets, train
 
     rows, folder = labeled
     extra = [{**rows[0], "id": f"new-{i}"} for i in range(3)]
@@ -368,7 +366,7 @@ def test_rows_without_signals_train_on_their_label_when_allowed(tiny_model_dir, 
 def test_vllm_prompt_logprobs_become_forced_tokens():
     from types import SimpleNamespace
 
-    from potstill.teacher.vllm_backend import forced_tokens_from_vllm
+    from potstill.labeling.teacher.vllm_backend import forced_tokens_from_vllm
 
     lp = SimpleNamespace
     out = SimpleNamespace(
@@ -387,13 +385,13 @@ def test_vllm_prompt_logprobs_become_forced_tokens():
 
 
 def test_catalog_rationale_prompts_render_for_their_kinds(project):
-    from potstill.catalog import Catalog
+    from potstill.data.catalog import Catalog
 
     cat = Catalog.from_file(project / "catalog" / "catalog.yaml")
     nli_row = {"premise": "A dog runs.", "hypothesis": "An animal moves.", "label": "entailment"}
     for name in ("teacher_nli_rationale_prompt", "teacher_nli_tuned_rationale_prompt"):
         assert cat.prompt(name).render(nli_row).endswith("Answer: entailment\nExplanation:")
-    polarity = cat.prompt(TeacherConfig().rationale_prompt)  # the default goes with the default task
+    polarity = cat.for_task("polarity").prompt("rationale_prompt")  # the demo task's rationale template
     assert polarity.render({"text": "a fine film .", "label": "positive"}).endswith(
         "Sentiment: positive\nExplanation:"
     )

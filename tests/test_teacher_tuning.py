@@ -1,4 +1,4 @@
-"""Teacher tuning (potstill/teacher_tuning.py): the weighted label/explanation loss against a naive
+"""Teacher tuning (benchmarks/support/teacher_tuning.py): the weighted label/explanation loss against a naive
 reference, training lowers it, the saved folder loads, and the registered teacher resolves by
 `models:/<name>@<alias>` through potstill.models."""
 
@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from potstill.models import ModelSourceError, load_model, parse_registered
 from potstill.prompts import PromptTemplate
-from potstill.teacher_tuning import (
+from benchmarks.support.teacher_tuning import (
     META_FILE,
     TuningSettings,
     completion_masks,

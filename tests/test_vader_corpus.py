@@ -1,4 +1,4 @@
-"""The shifted-domain sentiment reader (potstill/vader_corpus.py) on hand-written ground-truth lines and a
+"""The shifted-domain sentiment reader (benchmarks/support/vader_corpus.py) on hand-written ground-truth lines and a
 hand-built sdist with the same nesting as vaderSentiment's (no download)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from potstill.vader_corpus import load_domain, parse_ground_truth, read_ground_truth
+from benchmarks.support.vader_corpus import load_domain, parse_ground_truth, read_ground_truth
 
 LINES = "\r\n".join(
     [

@@ -13,10 +13,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from prefect.logging import disable_run_logger
 
-from potstill.catalog import Catalog
+from potstill.data.catalog import Catalog
 from potstill.prompts import PromptTemplate
-from potstill.readers import Problem, read_rows
-from potstill.validation import (
+from potstill.data.readers import Problem, read_rows
+from potstill.data.validation import (
     DataValidationError,
     QuarantinedRow,
     RowFailure,
@@ -310,8 +310,9 @@ def test_save_quarantine_writes_each_row_with_its_failures(tmp_path: Path):
     row = QuarantinedRow(
         3, "g3", [RowFailure(IN_SET, "label", "'x'", "expected one of [...], got 'x'")], {"id": "g3"}
     )
-    path = save_quarantine(tmp_path, "polarity_gold", [row])
-    assert path == tmp_path / "catalog" / "data" / "quarantine" / "polarity_gold.jsonl"
+    target = tmp_path / "catalog" / "data" / "polarity" / "quarantine" / "gold.jsonl"
+    path = save_quarantine(target, [row])
+    assert path == target
     assert [json.loads(line) for line in path.read_text().splitlines()] == [
         {
             "row": 3,
@@ -327,7 +328,7 @@ def test_save_quarantine_writes_each_row_with_its_failures(tmp_path: Path):
             "data": {"id": "g3"},
         }
     ]
-    assert save_quarantine(tmp_path, "polarity_gold", []).read_text() == ""
+    assert save_quarantine(target, []).read_text() == ""
 
 
 @pytest.fixture(scope="module")
@@ -356,29 +357,29 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
 
 def test_task_logs_metrics_report_docs_and_quarantine(project: Path, mlflow_run):
     client, run_id = mlflow_run
-    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml")
+    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml").for_task("polarity")
     rows = gold(10)
     rows[4]["label"] = "neutral"
     with disable_run_logger():
-        out = validate_dataset.fn(catalog, "polarity_gold", rows, run_id, ValidationLimits(), 0.8)
+        out = validate_dataset.fn(catalog, "gold", rows, run_id, ValidationLimits(), 0.8)
     assert len(out.rows) == 9 and out.row_numbers == [1, 2, 3, 4, 6, 7, 8, 9, 10]
     assert out.summary["proceed"] and out.summary["failed_checks"] == ["label.in_set"]
     assert (out.summary["rows"], out.summary["valid_rows"], out.summary["quarantined_rows"]) == (10, 9, 1)
-    assert out.summary["data_docs"] == "validation/polarity_gold_docs/index.html"
+    assert out.summary["data_docs"] == "validation/gold_docs/index.html"
     metrics = client.get_run(run_id).data.metrics
-    assert metrics["validation_polarity_gold_passed"] == 0
-    assert metrics["validation_polarity_gold_valid_rows"] == 9
-    assert metrics["validation_polarity_gold_quarantined_rows"] == 1
+    assert metrics["validation_gold_passed"] == 0
+    assert metrics["validation_gold_valid_rows"] == 9
+    assert metrics["validation_gold_quarantined_rows"] == 1
     paths = artifact_paths(client, run_id)
-    assert "validation/polarity_gold.json" in paths
-    assert "validation/polarity_gold_docs/index.html" in paths
+    assert "validation/gold.json" in paths
+    assert "validation/gold_docs/index.html" in paths
     report = json.loads(
         Path(
-            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="validation/polarity_gold.json")
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="validation/gold.json")
         ).read_text()
     )
     assert report["quarantined"][0]["row"] == 5 and report["decision"]["proceed"] is True
-    [line] = (project / "catalog" / "data" / "quarantine" / "polarity_gold.jsonl").read_text().splitlines()
+    [line] = (project / "catalog" / "data" / "polarity" / "quarantine" / "gold.jsonl").read_text().splitlines()
     saved = json.loads(line)
     assert saved["failures"][0]["message"] == "expected one of ['negative', 'positive'], got 'neutral'"
     assert saved["data"] == rows[4]
@@ -386,22 +387,22 @@ def test_task_logs_metrics_report_docs_and_quarantine(project: Path, mlflow_run)
 
 def test_task_raises_with_the_decision_when_it_must_stop(project: Path, mlflow_run):
     client, run_id = mlflow_run
-    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml")
+    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml").for_task("polarity")
     rows = gold(4)
     rows[0]["label"] = rows[1]["label"] = "neutral"
     with (
         disable_run_logger(),
         pytest.raises(DataValidationError, match=r"only 2 of 4 rows valid \(50.0% < 90.0%\)") as exc,
     ):
-        validate_dataset.fn(catalog, "polarity_gold", rows, run_id, ValidationLimits(), 0.9)
+        validate_dataset.fn(catalog, "gold", rows, run_id, ValidationLimits(), 0.9)
     assert "gold.jsonl: first failing rows: row 1 (id g0): label" in str(exc.value)
-    assert client.get_run(run_id).data.metrics["validation_polarity_gold_valid_rows"] == 2
-    assert (project / "catalog" / "data" / "quarantine" / "polarity_gold.jsonl").exists()
+    assert client.get_run(run_id).data.metrics["validation_gold_valid_rows"] == 2
+    assert (project / "catalog" / "data" / "polarity" / "quarantine" / "gold.jsonl").exists()
 
 
 def test_task_stops_a_training_set_that_shares_ids_with_gold(project: Path, mlflow_run):
     _, run_id = mlflow_run
-    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml")
+    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml").for_task("polarity")
     train = [{"id": f"t{i}", "text": "x", "label": "positive"} for i in range(9)] + [gold()[0]]
     with disable_run_logger(), pytest.raises(DataValidationError, match=r"failed id\.not_in_eval") as exc:
         validate_dataset.fn(
@@ -412,6 +413,6 @@ def test_task_stops_a_training_set_that_shares_ids_with_gold(project: Path, mlfl
             ValidationLimits(),
             0.5,
             eval_rows=gold(),
-            eval_name="polarity_gold",
+            eval_name="gold",
         )
-    assert "row 10 (id g0): id: expected an id not in polarity_gold, got 'g0'" in str(exc.value)
+    assert "row 10 (id g0): id: expected an id not in gold, got 'g0'" in str(exc.value)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from potstill.catalog import Catalog
+from potstill.data.catalog import Catalog
 from potstill.cli import main
 from potstill.config import CatalogConfig
-from potstill.rowdiff import diff_rows
-from potstill.versioning import VersionError
+from potstill.data.rowdiff import diff_rows
+from potstill.data.versioning import VersionError
 
 _ROOT = Path(__file__).resolve().parents[1]
 V1 = [{"id": "a", "text": "good", "label": "positive"}, {"id": "b", "text": "bad", "label": "negative"}]
@@ -37,27 +37,29 @@ def clear_cache(root):
 
 
 def test_versions_are_added_pushed_and_read_back_from_the_remote(git_project):
-    cat = Catalog.from_file(git_project / "catalog/catalog.yaml", CatalogConfig())
-    s1 = cat.save("train_set", V1, run_id="run-1")
+    """An entry no step writes (incoming batches) is `dvc add`-ed: a .dvc file beside it."""
+    cat = Catalog.from_file(git_project / "catalog/catalog.yaml", CatalogConfig()).for_task("polarity")
+    s1 = cat.save("incoming", V1, run_id="run-1")
     assert (s1.version, s1.rows) == ("v1", 2)
-    assert (git_project / "catalog/data/runs/train_set.jsonl.dvc").exists()
-    assert cat.save("train_set", V1).version == "v1"  # same content: no new version
-    s2 = cat.save("train_set", V2, run_id="run-2")
+    assert (git_project / "catalog/data/polarity/incoming/batch.jsonl.dvc").exists()
+    assert cat.save("incoming", V1).version == "v1"  # same content: no new version
+    s2 = cat.save("incoming", V2, run_id="run-2")
     assert s2.version == "v2" and s2.md5 != s1.md5
-    assert [(r.name, r.run_id, r.rows) for r in cat.versions.records("train_set")] == [
+    assert (git_project / "catalog/versions/polarity/incoming.jsonl").exists()
+    assert [(r.name, r.run_id, r.rows) for r in cat.versions.records("incoming")] == [
         ("v1", "run-1", 2),
         ("v2", "run-2", 2),
     ]
     assert any((git_project / ".dvc-storage").rglob("*")), "pushed to the local remote"
     clear_cache(git_project)
-    assert cat.load("train_set", version="v1") == V1  # fetched from the remote by content hash
-    assert cat.load("train_set") == V2
-    with pytest.raises(VersionError, match=r"train_set@v9 does not exist; versions: \['v1', 'v2'\]"):
-        cat.load("train_set", version="v9")
+    assert cat.load("incoming", version="v1") == V1  # fetched from the remote by content hash
+    assert cat.load("incoming") == V2
+    with pytest.raises(VersionError, match=r"polarity/incoming@v9 does not exist; versions: \['v1', 'v2'\]"):
+        cat.load("incoming", version="v9")
 
 
 def test_checkout_restores_without_a_new_version_and_diff_counts_changes(git_project):
-    cat = Catalog.from_file(git_project / "catalog/catalog.yaml")
+    cat = Catalog.from_file(git_project / "catalog/catalog.yaml").for_task("polarity")
     cat.save("train_set", V1)
     cat.save("train_set", V2)
     clear_cache(git_project)
@@ -71,21 +73,22 @@ def test_checkout_restores_without_a_new_version_and_diff_counts_changes(git_pro
 
 def test_commit_mode_tags_each_version_and_reads_through_dvc_api(git_project):
     cat = Catalog.from_file(git_project / "catalog/catalog.yaml", CatalogConfig(commit=True))
-    cat.save("review_queue", V1)
-    cat.save("review_queue", V2)
+    cat = cat.for_task("polarity")
+    cat.save("reviewed_labels", V1)
+    cat.save("reviewed_labels", V2)
     tags = subprocess.run(["git", "tag"], cwd=git_project, capture_output=True, text=True).stdout.split()
-    assert tags == ["review_queue@v1", "review_queue@v2"]
+    assert tags == ["polarity/reviewed_labels@v1", "polarity/reviewed_labels@v2"]
     log = subprocess.run(
         ["git", "log", "--format=%s"], cwd=git_project, capture_output=True, text=True
     ).stdout
-    assert "catalog: review_queue v2" in log
+    assert "catalog: polarity/reviewed_labels v2" in log
     clear_cache(git_project)
-    (git_project / "catalog/data/runs/review_queue.jsonl").unlink()
-    assert cat.load("review_queue", version="v1") == V1  # dvc.api.read at the tag, from the remote
+    (git_project / "catalog/data/polarity/review/reviewed_labels.jsonl").unlink()
+    assert cat.load("reviewed_labels", version="v1") == V1  # dvc.api.read at the tag, from the remote
 
 
 def test_prompt_templates_are_versioned_by_content(project):
-    cat = Catalog.from_file(project / "catalog/catalog.yaml")
+    cat = Catalog.from_file(project / "catalog/catalog.yaml").for_task("polarity")
     first = cat.prompt_version("student_prompt", run_id="r1")
     assert first.name == "v1" and cat.prompt_version("student_prompt").name == "v1"
     path = project / "catalog/prompts/student_polarity.txt"
@@ -93,35 +96,37 @@ def test_prompt_templates_are_versioned_by_content(project):
     path.write_text("Text: {text}\nLabel:")
     assert cat.prompt_version("student_prompt").name == "v2"
     assert cat.prompt_at("student_prompt", "v1").text == old
+    assert (project / "catalog/versions/polarity/prompt.student_prompt.jsonl").exists()
 
 
 def test_works_without_git_too(project):
-    cat = Catalog.from_file(project / "catalog/catalog.yaml")
+    cat = Catalog.from_file(project / "catalog/catalog.yaml").for_task("polarity")
     assert cat.save("teacher_labels", V1).version == "v1"
     clear_cache(project)
-    (project / "catalog/data/runs/teacher_labels.jsonl").unlink()
+    (project / "catalog/data/polarity/pipeline/teacher_labels.jsonl").unlink()
     assert cat.load("teacher_labels", "v1") == V1
 
 
 def test_catalog_cli(git_project, capsys):
-    cat = Catalog.from_file(git_project / "catalog/catalog.yaml")
+    cat = Catalog.from_file(git_project / "catalog/catalog.yaml").for_task("polarity")
     cat.save("train_set", V1, run_id="run-1")
     cat.save("train_set", V2, run_id="run-2")
     args = ["--project", str(git_project), "catalog"]
     assert main([*args, "list"]) == 0
     out = capsys.readouterr().out
-    assert "train_set" in out and "v2" in out and "training_set" in out
+    assert "polarity/train_set" in out and "v2" in out and "training_set" in out
+    assert "polarity/prompt.teacher_prompt" in out
     assert main([*args, "log", "train_set"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("v1 ") and "run run-1" in out[0] and "run run-2" in out[1]
     assert main([*args, "show", "train_set@v1"]) == 0
     out = capsys.readouterr().out
-    assert "train_set@v1: 2 rows" in out and "label: str" in out and '"id": "b"' in out
+    assert "polarity/train_set@v1: 2 rows" in out and "label: str" in out and '"id": "b"' in out
     assert main([*args, "diff", "train_set@v1", "train_set@v2"]) == 0
     out = capsys.readouterr().out
     assert "1 added, 1 removed, 1 relabeled" in out and "~ a: positive -> negative" in out
-    assert main([*args, "checkout", "train_set@v1"]) == 0
-    assert "restored train_set@v1" in capsys.readouterr().out
+    assert main([*args, "checkout", "--task", "polarity", "train_set@v1"]) == 0
+    assert "restored polarity/train_set@v1" in capsys.readouterr().out
     assert cat.load("train_set") == V1
     assert main([*args, "checkout", "train_set"]) == 2
     assert "needs ENTRY@vN" in capsys.readouterr().err
@@ -141,9 +146,10 @@ def test_stage_outputs_are_versioned_by_content_and_restored_from_the_remote(git
     shutil.copy(_ROOT / "dvc.yaml", git_project / "dvc.yaml")
     shutil.copy(_ROOT / ".gitignore", git_project / ".gitignore")  # DVC refuses .dvc files in ignored paths
     cat = Catalog.from_file(git_project / "catalog/catalog.yaml", CatalogConfig(commit=True))
+    cat = cat.for_task("polarity")
     assert cat.save("train_set", V1).version == "v1"
     assert cat.save("train_set", V2).version == "v2"
-    assert not (git_project / "catalog/data/runs/train_set.jsonl.dvc").exists()
+    assert not (git_project / "catalog/data/polarity/pipeline/train_set.jsonl.dvc").exists()
     clear_cache(git_project)
     assert cat.load("train_set", "v1") == V1  # by md5 from the remote, not at the git tag
     clear_cache(git_project)

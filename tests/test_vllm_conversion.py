@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from potstill.teacher.vllm_backend import (
+from potstill.labeling.teacher.vllm_backend import (
     generation_from_vllm,
     generations_from_vllm,
     option_logprob_from_vllm,
@@ -53,7 +53,7 @@ class RequestOutput:  # vllm.outputs.RequestOutput (fields we read)
 def test_vllm_is_not_imported_by_the_module():
     """Importing the backend module (and load_backend's package) must not need vLLM."""
     assert "vllm" not in sys.modules
-    importlib.import_module("potstill.teacher")
+    importlib.import_module("potstill.labeling.teacher")
     assert "vllm" not in sys.modules
 
 

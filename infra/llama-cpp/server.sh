@@ -34,8 +34,12 @@ REPO="$(cd "$HERE/../.." && pwd)"
 CACHE="${POTSTILL_CACHE:-$REPO/.cache}"
 LC_HOME="$CACHE/llama-cpp"
 VENV="$LC_HOME/venv"
-WHEELS="$LC_HOME/wheels"
-STAMP="$VENV/.installed-$LLAMA_CPP_VERSION"
+# Portable build: never tuned to the build machine's CPU (a native build on one machine died with a general
+# protection fault in libggml-cpu on another); AVX2/FMA/F16C is what every x86-64 machine here has. The
+# wheel folder is named after the flags so an older native wheel in the cache is never reused.
+PORTABLE_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF"
+WHEELS="$LC_HOME/wheels-portable"
+STAMP="$VENV/.installed-$LLAMA_CPP_VERSION-portable"
 PYTHON="${LLAMA_CPP_PYTHON:-$(command -v python3.11 || command -v python3)}"
 PORT="${LLAMA_CPP_PORT:-8081}"
 ALIAS="${LLAMA_CPP_MODEL_ALIAS:-smollm2}"
@@ -67,8 +71,8 @@ install() {
     | { grep -v "is ignored" || true; }
   if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; then
     log "building llama-cpp-python==$LLAMA_CPP_VERSION from source into $WHEELS (5-20 min on 2 cores, once)"
-    # Native CPU build of llama.cpp; CMAKE_BUILD_PARALLEL_LEVEL uses every core.
-    CMAKE_BUILD_PARALLEL_LEVEL="$THREADS" "$VENV/bin/python" -m pip wheel --disable-pip-version-check -q \
+    # Portable CPU build of llama.cpp (see PORTABLE_CMAKE_ARGS); CMAKE_BUILD_PARALLEL_LEVEL uses every core.
+    CMAKE_ARGS="$PORTABLE_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$THREADS" "$VENV/bin/python" -m pip wheel --disable-pip-version-check -q \
       --no-deps -w "$WHEELS" "llama-cpp-python==$LLAMA_CPP_VERSION" 2>&1 | { grep -v "is ignored" || true; }
   fi
   local wheel
@@ -118,6 +122,20 @@ is_server() {  # is_server PID: that process is a llama_cpp.server
 
 healthy() {
   [[ -x "$VENV/bin/python" && "$(http_status /v1/models)" == "200" ]]
+}
+
+completes() {  # one real completion: a server that lists models may still crash on the first request
+  "$VENV/bin/python" - "$URL/v1/completions" "$ALIAS" <<'PY' 2>&1
+import json, os, sys, urllib.request
+body = json.dumps({"model": sys.argv[2], "prompt": "The capital of France is", "max_tokens": 2,
+                   "temperature": 0}).encode()
+req = urllib.request.Request(sys.argv[1], data=body, headers={"Content-Type": "application/json"})
+key = os.environ.get("POTSTILL_TEACHER_API_KEY")
+if key:
+    req.add_header("Authorization", "Bearer " + key)
+out = json.load(urllib.request.urlopen(req, timeout=60))
+assert out["choices"] and isinstance(out["choices"][0]["text"], str), out
+PY
 }
 
 server_cmd() {
@@ -177,7 +195,15 @@ start() {
     sleep 1
     waited=$((waited + 1))
   done
-  log "up at $URL after ${waited}s"
+  local answer
+  if ! answer="$(completes)"; then
+    log "answers /v1/models but failed a real completion: $answer"
+    log "last lines of $LOGFILE:"
+    tail -n 30 "$LOGFILE" >&2
+    stop
+    exit 1
+  fi
+  log "up at $URL after ${waited}s (a real completion answered)"
 }
 
 stop() {

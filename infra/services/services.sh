@@ -359,7 +359,7 @@ AWS_SECRET_ACCESS_KEY=$(secret s3)
 AWS_DEFAULT_REGION=us-east-1
 AWS_ENDPOINT_URL=http://$HOST:$S3_PORT
 MLFLOW_S3_ENDPOINT_URL=http://$HOST:$S3_PORT
-# The catalog's DVC remote (potstill/versioning.py reads these)
+# The catalog's DVC remote (potstill/data/versioning.py reads these)
 POTSTILL_DVC_REMOTE_URL=s3://$DVC_BUCKET/storage
 POTSTILL_DVC_REMOTE_ENDPOINT_URL=http://$HOST:$S3_PORT
 EOF

@@ -1,22 +1,41 @@
-"""`potstill run`, `step`, `predict`, `review sync` and `deploy`: the commands that start flows. Each
-imports Prefect (and MLflow) only when called, after the project's env defaults are applied."""
+"""`potstill run`, `step`, `predict`, `monitor`, `review sync` and `deploy`: the commands that start flows.
+Each imports Prefect (and MLflow) only when called, after the project's env defaults are applied."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
+from typing import Any
 
-from potstill.catalog import Catalog
 from potstill.config import RunConfig
+from potstill.data.catalog import Catalog
+from potstill.errors import UserError
+
+
+def task_catalog(cfg: RunConfig, root: Path) -> Catalog:
+    """The catalog seen from the run config's task (an unknown task fails here, listing the known)."""
+    return Catalog.from_file(root / "catalog" / "catalog.yaml", cfg.catalog).for_task(cfg.task)
+
+
+def check_task(cfg: RunConfig, root: Path) -> None:
+    """Before Prefect starts: the task exists and its data files are there and fit the declaration."""
+    task_catalog(cfg, root).missing_task_data()
+
+
+def _flows() -> None:
+    """Prefect is imported by the flows; afterwards its terminal handlers drop user errors' tracebacks."""
+    from potstill.cli.logs import quiet_user_tracebacks
+
+    quiet_user_tracebacks()
 
 
 def run(cfg: RunConfig, root: Path) -> int:
     from flows.distill import distill  # imports Prefect: after apply_defaults
-    from potstill.summary import render
+    from potstill.cli.summary import render
 
+    _flows()
     summary = distill(params=cfg.model_dump(mode="json"), project=str(root))
     render(summary)
     return 0
@@ -25,47 +44,59 @@ def run(cfg: RunConfig, root: Path) -> int:
 def step(args: argparse.Namespace, cfg: RunConfig, root: Path) -> int:
     from flows.steps import distill_step  # imports Prefect: after apply_defaults
 
+    _flows()
     result = distill_step(args.name, params=cfg.model_dump(mode="json"), project=str(root))
     print(json.dumps({k: v for k, v in result.items() if k != "metrics"}, default=str))
     return 0
 
 
 def predict(args: argparse.Namespace, cfg: RunConfig, root: Path) -> int:
+    from potstill.data.tasks import registry_target
     from tasks.predict import predict_batch  # imports Prefect and MLflow: after apply_defaults
     from tasks.tracking import configure
 
+    _flows()
     configure(root)
-    mon = cfg.monitor
+    mon, catalog = cfg.monitor, task_catalog(cfg, root)
+    target = registry_target(catalog.task(), cfg.registry)
     try:
-        out = predict_batch(
-            Catalog.from_file(root / "catalog" / "catalog.yaml", cfg.catalog),
-            mon.incoming,
-            mon.predictions,
-            cfg.registry.model_name,
-            args.alias or mon.alias,
-            args.batch,
-        )
+        out = predict_batch(catalog, mon.incoming, mon.predictions, target.model_name, args.alias or mon.alias,
+                            args.batch)  # fmt: skip
     except LookupError as exc:
-        print(f"potstill: {exc}", file=sys.stderr)
-        return 2
+        raise UserError(str(exc)) from exc
     served = out["model"]
     print(
         f"{served.name}@{served.alias} (version {served.version}) predicted "
-        f"{len(out['predictions'])} rows of {mon.incoming} {out['batch']} -> "
-        f"{mon.predictions} {out['predictions_version']}"
+        f"{len(out['predictions'])} rows of {catalog.full_name(mon.incoming)} {out['batch']} -> "
+        f"{catalog.full_name(mon.predictions)} {out['predictions_version']}"
     )
     return 0
 
 
+def monitor(args: argparse.Namespace, cfg: RunConfig, root: Path) -> int:
+    from flows.monitor_drift import monitor_drift  # imports Prefect
+
+    _flows()
+    result = monitor_drift(params=cfg.model_dump(mode="json"), project=str(root), batch=args.batch)
+    for b in result["batches"]:
+        verdict = "drift" if b["drifted"] else "no drift"
+        retrain = "retrain triggered" if b["trigger"] else "no retrain"
+        print(f"{result['task']} incoming {b['batch']}: {verdict}, {retrain} ({'; '.join(b['reasons'])})")
+    if not result["batches"]:
+        print(f"{result['task']}: no new incoming batch (monitored already: {', '.join(result['skipped']) or '-'})")
+    print(f"MLflow runs in {result['tracking_uri']}")
+    return 0
+
+
 def review(cfg: RunConfig, root: Path) -> int:
-    from flows.review_sync import ReviewNotConfigured, review_sync  # imports Prefect
+    from flows.review_sync import review_sync  # imports Prefect
     from potstill.review import ReviewServerError
 
+    _flows()
     try:
         result = review_sync(params=cfg.model_dump(mode="json"), project=str(root))
-    except (ReviewNotConfigured, ReviewServerError) as exc:
-        print(f"potstill: {exc}", file=sys.stderr)
-        return 2
+    except ReviewServerError as exc:
+        raise UserError(str(exc)) from exc
     stats = result["stats"] or {}
     print(
         f"{result['project']}: {result['verdicts']} rows with a verdict -> reviewed_labels "
@@ -78,26 +109,29 @@ def review(cfg: RunConfig, root: Path) -> int:
 
 
 def deploy(args: argparse.Namespace, cfg: RunConfig, root: Path) -> int:
-    """Serve the deployments (flows/deployments.py) until SIGTERM/Ctrl-C."""
+    """Serve the deployments (flows/deployments.py) of one or more tasks until SIGTERM/Ctrl-C."""
     if not os.environ.get("PREFECT_API_URL"):
-        print(
-            "potstill: deploy needs a Prefect server that outlives this process: start one with "
+        raise UserError(
+            "deploy needs a Prefect server that outlives this process: start one with "
             "`infra/prefect/server.sh start` (or `make prefect-ui`) and export "
-            "PREFECT_API_URL=http://127.0.0.1:4200/api",
-            file=sys.stderr,
+            "PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
-        return 2
     try:
         every = {flow: float(sec) for flow, _, sec in (e.partition("=") for e in args.every)}
     except ValueError:
-        print(f"potstill: --every takes FLOW=SECONDS, got {args.every}", file=sys.stderr)
-        return 2
+        raise UserError(f"--every takes FLOW=SECONDS, got {args.every}") from None
+    tasks = args.tasks or [cfg.task]
+    for name in tasks:
+        check_task(cfg.model_copy(update={"task": name}), root)
     from flows.deployments import build_deployments, serve_deployments  # imports Prefect: after defaults
 
-    try:
-        deployments = build_deployments(root, cfg.model_dump(mode="json"), args.only, every)
-    except ValueError as exc:
-        print(f"potstill: {exc}", file=sys.stderr)
-        return 2
+    _flows()
+    deployments: list[Any] = []
+    for name in tasks:
+        params = cfg.model_copy(update={"task": name}).model_dump(mode="json")
+        try:
+            deployments += build_deployments(root, params, args.only, every)
+        except ValueError as exc:
+            raise UserError(str(exc)) from exc
     serve_deployments(deployments, limit=args.limit)
     return 0

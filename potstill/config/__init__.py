@@ -16,6 +16,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from potstill.config.base import ConfigError, Section
+from potstill.config.migrate import ConfigMovedWarning, migrate
 from potstill.config.data import CatalogConfig, DataConfig, ValidationConfig
 from potstill.config.operations import MonitorConfig, RetrainConfig
 from potstill.config.registry import PromotionConfig, RegistryConfig
@@ -25,6 +26,7 @@ from potstill.config.training import DistillConfig, StudentConfig
 __all__ = [
     "CatalogConfig",
     "ConfigError",
+    "ConfigMovedWarning",
     "DataConfig",
     "DistillConfig",
     "MonitorConfig",
@@ -38,6 +40,7 @@ __all__ = [
     "TeacherConfig",
     "ValidationConfig",
     "apply_overrides",
+    "migrate",
     "config_hash",
     "flatten",
     "load_config",
@@ -50,6 +53,12 @@ __all__ = [
 class RunConfig(Section):
     """The whole run: `params.yaml`."""
 
+    task: str = Field(
+        "polarity",
+        min_length=1,
+        description="The task this run works on: a declaration in catalog/tasks/<task>.yaml (`potstill task "
+        "list`); --task NAME overrides it.",
+    )
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
@@ -101,6 +110,8 @@ def _describe(err: dict[str, Any]) -> str:
 
 
 def validate(raw: dict[str, Any]) -> RunConfig:
+    """The run config from a mapping; keys of older files are moved first (`potstill.config.migrate`)."""
+    raw, _ = migrate(raw)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:

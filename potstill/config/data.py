@@ -8,24 +8,15 @@ from potstill.config.base import Section
 
 
 class DataConfig(Section):
-    """Which catalog entries hold the prompts and the gold evaluation split, and how big the run is."""
+    """How much of the task's data a run uses (the data itself is the task's: catalog/tasks/<task>.yaml)."""
 
-    prompts: str = Field(
-        "polarity_prompts", description="Catalog entry of unlabeled prompts for the teacher."
-    )
-    gold: str = Field(
-        "polarity_gold", description="Catalog entry of gold-labeled rows; training never sees them."
-    )
-    eval_rows: int = Field(
-        800, ge=2, description="Rows set aside as the gold split when the demo data is built."
-    )
     max_prompts: int | None = Field(
         None, ge=1, description="Label only the first N prompts (null: all). Keeps CPU runs short."
     )
     max_eval_rows: int | None = Field(
         None, ge=1, description="Evaluate on the first N gold rows (null: all)."
     )
-    seed: int = Field(13, description="Seed of the prompts/gold split and of training.")
+    seed: int = Field(13, description="Seed of training (and of the demo task's prompts/gold split).")
 
 
 class CatalogConfig(Section):

@@ -12,7 +12,7 @@ from potstill.config.training import StudentConfig
 
 class MonitorConfig(Section):
     """Batch predictions of a registered student on incoming data and the drift monitor that decides when
-    to retrain (flows/monitor_drift.py). Thresholds mirror potstill.drift.DriftConfig."""
+    to retrain (flows/monitor_drift.py). Thresholds mirror potstill.operations.drift.DriftConfig."""
 
     incoming: str = Field("incoming", description="Catalog entry of production batches, one per version.")
     predictions: str = Field("predictions", description="Catalog entry the batch predictions are written to.")
@@ -33,7 +33,7 @@ class MonitorConfig(Section):
     )
     checks: list[Literal["mmd", "domain_classifier", "psi", "chi2", "ks", "disagreement"]] = Field(
         default_factory=lambda: ["mmd", "psi", "chi2", "ks", "disagreement"],
-        description="Drift checks to run (potstill/drift.py); any one drifting means drift.",
+        description="Drift checks to run (potstill/operations/drift.py); any one drifting means drift.",
     )
     mmd_alpha: float = Field(0.05, gt=0, lt=1, description="MMD test on embeddings: drift if p < this.")
     chi2_alpha: float = Field(0.05, gt=0, lt=1, description="Chi-square on label counts: drift if p < this.")

@@ -10,13 +10,24 @@ from potstill.config.base import Section
 class RegistryConfig(Section):
     """Where the student is registered and how aliases are given."""
 
-    model_name: str = Field("potstill-student", min_length=1, description="Registered model name in MLflow.")
-    experiment: str = Field("potstill", min_length=1, description="MLflow experiment of the runs.")
-    metric: str = Field("student_accuracy", description="Metric a new version must beat to become champion.")
+    model_name: str | None = Field(
+        None,
+        min_length=1,
+        description="Registered model name in MLflow (null: the task's, `<task>-student` unless its "
+        "declaration sets `model_name`).",
+    )
+    experiment: str | None = Field(
+        None, min_length=1, description="MLflow experiment of the runs (null: `potstill-<task>`)."
+    )
+    metric: str | None = Field(
+        None,
+        description="Metric a new version must beat to become champion (null: the task kind's headline "
+        "metric, student_accuracy for classification and NLI).",
+    )
 
 
 class PromotionConfig(Section):
-    """The promotion gate a new student must pass to become `champion` (see potstill/gate.py); null turns
+    """The promotion gate a new student must pass to become `champion` (see potstill/operations/gate.py); null turns
     a check off. The primary metric is `registry.metric`."""
 
     min_improvement: float | None = Field(

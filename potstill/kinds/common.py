@@ -2,7 +2,7 @@
 
 A row the teacher's output cannot be read for is never dropped: it comes back as a record with
 `parse_error: True`, a `parse_error_reason` and confidence 0, so routing sends it to review and the
-validation suite can bound the failure rate (the `parse_error` column of `potstill.expectations`).
+validation suite can bound the failure rate (the `parse_error` column of `potstill.data.expectations`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from potstill.prompts import PromptError, PromptTemplate
-from potstill.teacher.base import TokenLogprobs
+from potstill.labeling.teacher.base import TokenLogprobs
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class KindSpec:
 @dataclass
 class Labeled:
     """One labeled row: the record that goes into `teacher_labels`, and the tokens of the teacher's
-    answer (with top-k alternatives when asked) that `potstill.signals` can store beside it."""
+    answer (with top-k alternatives when asked) that `potstill.labeling.signals` can store beside it."""
 
     record: dict[str, Any]
     tokens: tuple[TokenLogprobs, ...] = field(default=(), repr=False)

@@ -16,9 +16,10 @@ from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any
 
+from potstill.kinds.base import Kind
 from potstill.kinds.common import KindSpec, Labeled, ok, parse_failure, render
 from potstill.prompts import PromptError, PromptTemplate
-from potstill.teacher.base import SamplingSpec, TeacherBackend
+from potstill.labeling.teacher.base import SamplingSpec, TeacherBackend
 
 _NUMBER = r"[-−]?\s*\$?\s*(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+)?"
 _HASHES = re.compile(r"####\s*([^\n]*)")
@@ -119,3 +120,22 @@ def label_math(
         record = {**row, "label": answer, "answer": answer, "confidence": agreement, **extra}
         out.append(ok({**record, "rationale": chosen.text.strip()}, chosen.tokens))
     return out
+
+
+KIND = Kind(
+    name="math",
+    fields=("question",),
+    label=label_math,
+    closed=False,
+    fixed_labels=False,
+    teacher_prompt="Solve each problem step by step, then give the final answer as a number after ####.\n\n"
+    "Question: A baker makes 24 muffins in the morning and half as many in the afternoon. How many "
+    "muffins does she make in total?\nAnswer: In the afternoon she makes 24 / 2 = 12 muffins.\n"
+    "In total she makes 24 + 12 = 36 muffins.\n#### 36\n\n"
+    "Question: Tom has $50. He buys 3 books that cost $12 each. How much money does he have left?\n"
+    "Answer: The books cost 3 * 12 = $36.\nHe has 50 - 36 = $14 left.\n#### 14\n\n"
+    "Question: {question}\nAnswer:",
+    student_prompt="Question: {question}\nAnswer:",
+    headline="student_exact_match",
+    description="word problems: chain-of-thought teacher, self-consistency, a numeric final answer",
+)

@@ -20,7 +20,7 @@ from typing import Any
 
 from potstill.kinds.common import Labeled, render
 from potstill.prompts import PromptError, PromptTemplate
-from potstill.teacher.base import SamplingSpec, TeacherBackend
+from potstill.labeling.teacher.base import SamplingSpec, TeacherBackend
 
 STOP = ("\n",)
 

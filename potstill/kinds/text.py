@@ -18,7 +18,7 @@ from typing import Any
 from potstill.kinds.common import KindSpec, Labeled, ok, parse_failure, render
 from potstill.kinds.math import sampling
 from potstill.prompts import PromptError, PromptTemplate
-from potstill.teacher.base import Generation, TeacherBackend
+from potstill.labeling.teacher.base import Generation, TeacherBackend
 
 
 def text_confidence(generation: Generation) -> dict[str, float | None]:

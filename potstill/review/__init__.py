@@ -7,7 +7,7 @@
 - `outbox`: `push_rows` / `sync_outbox` (rows wait in a JSONL outbox while the server is down) and
   `route_to_review` (server when configured, import file otherwise).
 
-Merging answers into labels and the review statistics are in `potstill.review_merge`.
+Merging answers into labels and the review statistics are in `potstill.review.merge`.
 """
 
 from potstill.review.client import (

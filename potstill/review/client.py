@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import httpx
 
 from potstill.review.labeling import ReviewProjectSpec, label_config, parse_annotation, task_sort_key
-from potstill.review_merge import HumanAnnotation
+from potstill.review.merge import HumanAnnotation
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from potstill.review_merge import HumanAnnotation
+from potstill.kinds import KINDS as ALL_KINDS
+from potstill.review.merge import HumanAnnotation
 
-KINDS = ("classification", "nli", "multiple_choice", "math", "summarization", "chat")
-CHOICE_KINDS = ("classification", "nli", "multiple_choice")
+KINDS = tuple(ALL_KINDS)
+CHOICE_KINDS = tuple(name for name, kind in ALL_KINDS.items() if kind.closed)
 TITLE_MAX = 50  # Label Studio's PROJECT_TITLE_MAX_LEN
 
 

@@ -1,0 +1,531 @@
+"""The data catalog: every dataset and prompt addressed by name, declared in `catalog/catalog.yaml`.
+
+Tasks never build paths; they ask the catalog for an entry by name. Entries marked `versioned: true`
+get a new version (DVC add + push, see `potstill.data.versioning`) whenever a save changes their content, and
+any past version can be loaded back by name: `catalog.load("teacher_labels", version="v3")`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import tempfile
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from potstill.config import CatalogConfig
+from potstill.data.readers import ColumnMap, ReadResult, read_rows
+from potstill.data.tasks import TaskSpec, load_tasks
+from potstill.data.versioning import DvcStore, VersionLog, VersionRecord, file_lock, is_git_repo
+from potstill.errors import TaskError, UserError
+from potstill.pipeline import is_step_output, stage_outputs
+from potstill.prompts import PromptTemplate
+
+Role = Literal[
+    "prompts",
+    "gold_eval",
+    "teacher_labels",
+    "training_set",
+    "review_queue",
+    "reviewed",
+    "review_outbox",
+    "review_import",
+    "incoming",
+    "predictions",
+    "state",
+    "model",
+    "metrics",
+]
+TABULAR = ("jsonl", "csv", "parquet")
+
+
+class CatalogError(UserError, KeyError):
+    """An entry, version or file the catalog does not have."""
+
+
+class DatasetEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    path: str
+    format: Literal["jsonl", "csv", "parquet", "json"] = "jsonl"  # json: one document
+    kind: str | None = None
+    role: Role
+    labels: list[str] = Field(default_factory=list)
+    versioned: bool = False
+    # Written outside the dvc.yaml stages (e.g. by the review sync flow); None: a stage produces it.
+    produced_by: str | None = None
+    description: str = ""
+    task: str | None = None  # the task the entry belongs to (None: a free-standing dataset)
+    columns: dict[str, str] = Field(default_factory=dict)  # field -> the file's column
+    label_map: dict[str, str] = Field(default_factory=dict)  # the file's label value -> label
+    id_prefix: str | None = None  # rows without an id get <prefix><row number>
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str | None) -> str | None:
+        from potstill.kinds import KINDS
+
+        if v is not None and v not in KINDS:
+            raise ValueError(f"unknown kind {v!r}; known kinds: {', '.join(KINDS)}")
+        return v
+
+    @property
+    def mapping(self) -> ColumnMap:
+        return ColumnMap.of(self.columns, self.label_map, self.id_prefix)
+
+    @property
+    def short_name(self) -> str:
+        return self.name.split("/", 1)[1] if self.task else self.name
+
+
+class PromptEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    path: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What a save wrote: enough to record lineage in MLflow."""
+
+    name: str
+    path: Path
+    rows: int
+    digest: str
+    version: str | None = None  # "v3" for versioned entries
+    md5: str | None = None
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def md5_bytes(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()  # DVC's content hash of a file
+
+
+def parse_rows(data: bytes, fmt: str, where: str) -> list[dict[str, Any]]:
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(pa.BufferReader(data)).to_pylist()
+        except Exception as exc:  # pyarrow raises several types for bytes that are not Parquet
+            raise CatalogError(f"{where}: not a Parquet file ({exc})") from None
+    text = data.decode("utf-8-sig")
+    if fmt == "csv":
+        return list(csv.DictReader(io.StringIO(text, newline="")))
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise CatalogError(f"{where}:{lineno}: not valid JSON ({exc.msg})") from None
+    return rows
+
+
+class Catalog:
+    def __init__(
+        self,
+        root: Path,
+        datasets: dict[str, DatasetEntry],
+        prompts: dict[str, PromptEntry],
+        settings: CatalogConfig | None = None,
+        tasks: dict[str, TaskSpec] | None = None,
+        scope: str | None = None,
+    ):
+        self.root = root
+        self.datasets = datasets
+        self.prompts = prompts
+        self.tasks = tasks or {}
+        self.scope = scope
+        self.settings = settings or CatalogConfig()
+        self.versions = VersionLog(root)
+        self.store = DvcStore(root, self.settings.remote)
+        self._store_ready = False
+
+    @classmethod
+    def from_file(cls, path: str | Path, settings: CatalogConfig | None = None) -> Catalog:
+        """`catalog/catalog.yaml` plus every task declared in `catalog/tasks/`."""
+        path = Path(path).resolve()
+        raw = yaml.safe_load(path.read_text()) if path.exists() else {}
+        raw = raw or {}
+        unknown = set(raw) - {"datasets", "prompts"}
+        if unknown:
+            raise CatalogError(
+                f"{path}: unknown top-level key(s) {sorted(unknown)}; allowed: datasets, prompts"
+            )
+        root = path.parent.parent
+        tasks = load_tasks(root)
+        try:
+            datasets = {n: DatasetEntry(name=n, **e) for n, e in (raw.get("datasets") or {}).items()}
+            prompts = {n: PromptEntry(name=n, **e) for n, e in (raw.get("prompts") or {}).items()}
+            for task in tasks.values():
+                for short, fields in task.entries().items():
+                    full = f"{task.name}/{short}"
+                    datasets[full] = DatasetEntry(name=full, task=task.name, **fields)
+                for short, fields in task.prompt_entries().items():
+                    full = f"{task.name}/{short}"
+                    prompts[full] = PromptEntry(name=full, **fields)
+        except ValidationError as exc:
+            raise CatalogError(f"{path}: {exc}") from None
+        return cls(root, datasets, prompts, settings, tasks)
+
+    # ---- tasks: the same catalog seen from one task
+
+    def for_task(self, name: str) -> Catalog:
+        """This catalog with `name`'s entries addressable by their short names (`train_set`)."""
+        self.task(name)
+        view = Catalog(self.root, self.datasets, self.prompts, self.settings, self.tasks, scope=name)
+        view.versions, view.store = ScopedVersionLog(self.versions, view), self.store  # type: ignore[assignment]
+        return view
+
+    def task(self, name: str | None = None) -> TaskSpec:
+        """A declared task (default: the one this view is scoped to)."""
+        name = name or self.scope
+        if name is None:
+            raise CatalogError("no task given: pass --task NAME (declared tasks: " + self._task_list() + ")")
+        if name not in self.tasks:
+            raise TaskError(
+                f"unknown task {name!r}; declared tasks: {self._task_list()}. Declare one with "
+                "`potstill task new NAME --kind KIND --prompts FILE --gold FILE`"
+            )
+        return self.tasks[name]
+
+    def _task_list(self) -> str:
+        return ", ".join(sorted(self.tasks)) or "none"
+
+    def full_name(self, name: str) -> str:
+        """The catalog name of `name`: a task view resolves its short names first."""
+        if self.scope and "/" not in name:
+            full = f"{self.scope}/{name}"
+            if full in self.datasets or full in self.prompts:
+                return full
+        return name
+
+    def dataset(self, name: str) -> DatasetEntry:
+        full = self.full_name(name)
+        if full not in self.datasets:
+            known = sorted(self.visible_datasets())
+            raise CatalogError(f"no dataset {name!r} in the catalog; known: {known}")
+        return self.datasets[full]
+
+    def visible_datasets(self) -> list[str]:
+        """Names this view answers to: a task's short names, else every full name."""
+        if self.scope:
+            prefix = f"{self.scope}/"
+            return [n.removeprefix(prefix) for n in self.datasets if n.startswith(prefix)]
+        return list(self.datasets)
+
+    def _resolve(self, name: str) -> Path:
+        return self.root / self.dataset(name).path
+
+    def exists(self, name: str) -> bool:
+        return self._resolve(name).exists()
+
+    def file(self, name: str) -> Path:
+        """The workspace file of an entry (for messages, MLflow dataset sources and DVC)."""
+        return self._resolve(name)
+
+    def run_dir(self, run_id: str) -> Path:
+        """Where one run of this view's task keeps what no other run may replace (its model folders)."""
+        return self.root / self.task().run_dir(run_id)
+
+    def task_dir(self) -> Path:
+        return self.root / self.task().data_dir if self.scope else self.root / "catalog" / "data"
+
+    def missing_task_data(self) -> list[str]:
+        """The task's input files that are missing: [] when both exist; the demo may build them, any other
+        task stops with a TaskError naming the files and the task, before anything is read or written (so
+        the file that is there stays exactly as it is). Present files are checked against the column
+        mapping."""
+        from potstill.data.tasks import check_columns
+
+        spec = self.task()
+        inputs = ("prompts", "gold")
+        missing = [name for name in inputs if not self.exists(name)]
+        if not missing:
+            check_columns(spec, {name: self.file(name) for name in inputs})
+            return []
+        if spec.demo is not None:
+            return missing
+        files = " and ".join(f"the {name} file {self.dataset(name).path}" for name in missing)
+        verb = "is" if len(missing) == 1 else "are"
+        raise TaskError(
+            f"task {spec.name!r}: {files} {verb} missing. Restore it with `potstill catalog checkout --task "
+            f"{spec.name} {missing[0]}@vN` (its versions: `potstill catalog log --task {spec.name} "
+            f"{missing[0]}`), or declare the task again with `potstill task new`."
+        )
+
+    def quarantine_path(self, name: str) -> Path:
+        """Rows of `name` set aside by validation (catalog/data/<task>/quarantine/<entry>.jsonl)."""
+        return self.task_dir() / "quarantine" / f"{self.dataset(name).short_name}.jsonl"
+
+    def validation_record_path(self, name: str) -> Path:
+        """The last validation of `name`, for `potstill catalog show`."""
+        return self.task_dir() / "validation" / f"{self.dataset(name).short_name}.json"
+
+    def locked(self) -> AbstractContextManager[None]:
+        """The project's catalog lock: a write and the version it records happen as one step, so two runs
+        saving the same entry at once can neither interleave version numbers nor record each other's
+        content. Not re-entrant: only the public writing methods take it."""
+        return file_lock(self.root / ".cache" / "locks" / "catalog.lock")
+
+    def save_json(self, name: str, obj: Any, run_id: str | None = None) -> Saved:
+        name = self.full_name(name)
+        entry, path = self.dataset(name), self._resolve(name)
+        if entry.format != "json":
+            raise CatalogError(f"{name!r} is not a json entry")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self.locked():
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            os.replace(tmp, path)
+            record = self._version(name, path, None, run_id) if self.is_versioned(name) else None
+        return Saved(
+            name, path, 1, file_digest(path), record.name if record else None, record.md5 if record else None
+        )
+
+    def load_json(self, name: str, version: str | None = None) -> Any:
+        name = self.full_name(name)
+        return json.loads(self.read_bytes(name, version))
+
+    def is_versioned(self, name: str) -> bool:
+        return self.dataset(name).versioned and self.settings.versioning
+
+    def read_bytes(self, name: str, version: str | None = None) -> bytes:
+        """The bytes of the workspace file, or of a past version from git/DVC cache/remote."""
+        name = self.full_name(name)
+        path = self._resolve(name)
+        if version in (None, "workspace"):
+            if not path.exists():
+                raise CatalogError(f"dataset {name!r} has no data yet at {path}")
+            return path.read_bytes()
+        record = self.versions.get(name, version)
+        if path.exists():
+            data = path.read_bytes()
+            if md5_bytes(data) == record.md5:
+                return data
+        if record.tag and is_git_repo(self.root) and not self._produced_by_a_stage(name):
+            return self.store.read_at_tag(self.dataset(name).path, record.tag)
+        return self.store.read_md5(record.md5)
+
+    def load(self, name: str, version: str | None = None) -> list[dict[str, Any]]:
+        """Rows of an entry (a task's own files mapped onto the kind's fields), strict: a bad line fails."""
+        name = self.full_name(name)
+        entry = self.dataset(name)
+        if entry.format not in TABULAR:
+            raise CatalogError(f"{name!r} is a {entry.format} entry: use load_json")
+        where = f"{self._resolve(name)}" + (f"@{version}" if version else "")
+        rows = parse_rows(self.read_bytes(name, version), entry.format, where)
+        mapping = entry.mapping
+        return rows if mapping.is_identity else [mapping.apply(r, i) for i, r in enumerate(rows, 1)]
+
+    def read_entry(self, name: str, required: list[str], limit: int | None = None) -> ReadResult:
+        """Every row of the workspace file that parses, mapped onto the kind's fields, with its source row
+        number; rows that do not parse are set aside with row and field (`potstill.data.readers`)."""
+        entry = self.dataset(name)
+        read = read_rows(self._resolve(name), entry.format, required, entry.mapping)  # type: ignore[arg-type]
+        if limit is not None:
+            read.rows, read.row_numbers = read.rows[:limit], read.row_numbers[:limit]
+        return read
+
+    def save(self, name: str, rows: list[dict[str, Any]], run_id: str | None = None) -> Saved:
+        """Write atomically (temp file + rename) so a killed run never leaves half a dataset; then version."""
+        name = self.full_name(name)
+        entry, path = self.dataset(name), self._resolve(name)
+        if entry.format not in ("jsonl", "csv"):
+            raise CatalogError(f"{name!r} is a {entry.format} entry: save writes jsonl or csv entries")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self.locked():
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+                if entry.format == "csv":
+                    fields = sorted({k for r in rows for k in r})
+                    writer = csv.DictWriter(f, fieldnames=fields)
+                    writer.writeheader()
+                    writer.writerows(rows)
+                else:
+                    for r in rows:
+                        f.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
+            os.replace(tmp, path)
+            record = self._version(name, path, len(rows), run_id) if self.is_versioned(name) else None
+        return Saved(
+            name,
+            path,
+            len(rows),
+            file_digest(path),
+            record.name if record else None,
+            record.md5 if record else None,
+        )
+
+    def _ensure_store(self) -> None:
+        if not self._store_ready:
+            self.store.ensure()
+            self._store_ready = True
+
+    def _track(self, name: str, path: Path, push: bool) -> str:
+        """Put the file's content in the DVC cache (and remote); returns its md5.
+
+        A path that a dvc.yaml stage produces is tracked by dvc.lock under `dvc repro`, and DVC refuses to
+        `dvc add` it as well, so those are stored by content only."""
+        self._ensure_store()
+        if self._produced_by_a_stage(name):
+            return self.store.put(path, push=push)
+        return self.store.add(path, push=push)
+
+    def _produced_by_a_stage(self, name: str) -> bool:
+        entry = self.dataset(name)
+        return is_step_output(entry.task, entry.short_name) or entry.path in stage_outputs(self.root)
+
+    def _version(self, name: str, path: Path, rows: int | None, run_id: str | None) -> VersionRecord:
+        """Record a new version when the content is new; saving known content names the known version."""
+        name = self.full_name(name)
+        md5 = self._track(name, path, push=self.settings.push)
+        known = self.versions.find_md5(name, md5)
+        if known is not None:
+            return known
+        tag = f"{name}@v{(self.versions.latest(name).version if self.versions.latest(name) else 0) + 1}"
+        commit = self.settings.commit and is_git_repo(self.root)
+        record = self.versions.append(
+            name, md5=md5, rows=rows, size=path.stat().st_size, run_id=run_id, tag=tag if commit else None
+        )
+        if commit:
+            dvc_file = path.with_name(path.name + ".dvc")
+            repo_files = [
+                self.root / ".dvc" / "config",
+                self.root / ".dvc" / ".gitignore",
+                self.root / ".dvcignore",
+            ]
+            files = [dvc_file, self.versions.path(name), path.parent / ".gitignore", *repo_files]
+            self.store.commit_and_tag(
+                [f for f in files if f.exists()], f"catalog: {name} {record.name} (run {run_id})", tag
+            )
+        return record
+
+    def version_workspace(self, name: str, run_id: str | None = None) -> VersionRecord:
+        """Version the workspace file as it is (e.g. edited or replaced by hand)."""
+        name = self.full_name(name)
+        path = self._resolve(name)
+        fmt = self.dataset(name).format
+        rows = len(parse_rows(path.read_bytes(), fmt, str(path))) if fmt in TABULAR else None
+        with self.locked():
+            return self._version(name, path, rows, run_id)
+
+    def current_version(self, name: str) -> VersionRecord | None:
+        """The logged version whose content is in the workspace now (None when unversioned or changed)."""
+        name = self.full_name(name)
+        path = self._resolve(name)
+        if not path.exists():
+            return None
+        return self.versions.find_md5(name, md5_bytes(path.read_bytes()))
+
+    def checkout(self, name: str, version: str) -> VersionRecord:
+        """Restore a past version into the workspace (and its .dvc file), without making a new version."""
+        name = self.full_name(name)
+        record = self.versions.get(name, version)
+        data = self.read_bytes(name, version)
+        path = self._resolve(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self.locked():
+            path.write_bytes(data)
+            if self.is_versioned(name):
+                self._track(name, path, push=False)
+        return record
+
+    def digest(self, name: str) -> str:
+        name = self.full_name(name)
+        return file_digest(self._resolve(name))
+
+    def prompt_key(self, name: str) -> str:
+        """The version-log key of a prompt: `prompt.<name>`, or `<task>/prompt.<name>` for a task's."""
+        full = self.full_name(name)
+        task, sep, short = full.rpartition("/")
+        return f"{task}/prompt.{short}" if sep else f"prompt.{full}"
+
+    def prompt_version(self, name: str, run_id: str | None = None) -> VersionRecord:
+        """The version of a prompt template's current text, logged as new when the text changed."""
+        text = self.prompt(name).text
+        md5 = md5_bytes(text.encode())
+        key = self.prompt_key(name)
+        with self.locked():
+            known = self.versions.find_md5(key, md5)
+            return known or self.versions.append(key, md5=md5, run_id=run_id, text=text)
+
+    def prompt_at(self, name: str, version: str) -> PromptTemplate:
+        record = self.versions.get(self.prompt_key(name), version)
+        return PromptTemplate(name, record.text or "")
+
+    def prompt(self, name: str) -> PromptTemplate:
+        """A template by name (a task view: `teacher_prompt`, `student_prompt`, `rationale_prompt`)."""
+        full = self.full_name(name)
+        if full not in self.prompts:
+            known = sorted(self.visible_prompts())
+            raise CatalogError(f"no prompt {name!r} in the catalog; known: {known}")
+        path = self.root / self.prompts[full].path
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            where = f"task {self.scope!r}: " if self.scope else ""
+            raise CatalogError(f"{where}prompt {name!r}: cannot read {path}: {exc.strerror}") from None
+        return PromptTemplate(name, text.removesuffix("\n"))
+
+    def visible_prompts(self) -> list[str]:
+        if self.scope:
+            prefix = f"{self.scope}/"
+            return [n.removeprefix(prefix) for n in self.prompts if n.startswith(prefix)]
+        return list(self.prompts)
+
+    def has_prompt(self, name: str) -> bool:
+        return self.full_name(name) in self.prompts
+
+
+class ScopedVersionLog:
+    """A task view's version log: short names (`train_set`, `prompt.teacher_prompt`) mean the task's."""
+
+    def __init__(self, log: VersionLog, view: Catalog):
+        self._log, self._view = log, view
+        self.folder = log.folder
+
+    def _key(self, name: str) -> str:
+        if "/" in name:
+            return name
+        if name.startswith("prompt."):
+            return self._view.prompt_key(name.removeprefix("prompt."))
+        return self._view.full_name(name)
+
+    def path(self, name: str) -> Path:
+        return self._log.path(self._key(name))
+
+    def records(self, name: str) -> list[VersionRecord]:
+        return self._log.records(self._key(name))
+
+    def latest(self, name: str) -> VersionRecord | None:
+        return self._log.latest(self._key(name))
+
+    def get(self, name: str, version: str | int) -> VersionRecord:
+        return self._log.get(self._key(name), version)
+
+    def find_md5(self, name: str, md5: str) -> VersionRecord | None:
+        return self._log.find_md5(self._key(name), md5)
+
+    def append(self, name: str, **fields: Any) -> VersionRecord:
+        return self._log.append(self._key(name), **fields)

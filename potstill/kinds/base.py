@@ -1,0 +1,69 @@
+"""What a task kind is: one object per kind says which fields a row has, how the teacher labels it, how
+its answers are read and scored, and which prompts a new task of that kind starts from.
+
+Everything that used to switch on a kind's name (validation columns, the labeling function, review
+widgets, the registry metric, default prompts) asks its `Kind` instead, so adding a kind is one module
+in this package (its object in `KINDS`) plus its tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from potstill.kinds.common import KindSpec, Labeled
+from potstill.labeling.teacher.base import TeacherBackend
+from potstill.prompts import PromptTemplate
+
+LabelFn = Callable[[TeacherBackend, Sequence[dict[str, Any]], PromptTemplate, KindSpec], list[Labeled]]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A task kind.
+
+    - `fields`: the input fields a row must have (what the prompts render); `id` and `label` come on top.
+    - `closed`: answers come from a fixed label set (classification, NLI) or the row's own choices
+      (multiple choice) and are scored, never generated; open kinds generate free text.
+    - `fixed_labels`: the task declares its label set (and the student is a classifier over it).
+    - `default_labels`: the label set when a task declares none (NLI's three labels).
+    - `headline`: the metric a student of this kind is judged and promoted by.
+    - `teacher_prompt`, `student_prompt`, `rationale_prompt`: what `potstill task new` writes when the
+      user brings no prompt files; `{labels}` is replaced by the task's label list when written.
+    """
+
+    name: str
+    fields: tuple[str, ...]
+    label: LabelFn
+    closed: bool
+    fixed_labels: bool
+    teacher_prompt: str
+    student_prompt: str
+    rationale_prompt: str | None = None
+    default_labels: tuple[str, ...] = ()
+    headline: str = "student_accuracy"
+    description: str = ""
+    list_fields: tuple[str, ...] = ()  # fields holding a list (multiple choice's `choices`), not text
+
+    @property
+    def text_fields(self) -> tuple[str, ...]:
+        """The string fields: every row needs them, non-empty and within the length bound."""
+        return tuple(f for f in self.fields if f not in self.list_fields)
+
+    @property
+    def generative(self) -> bool:
+        return not self.closed
+
+    def labels_for(self, declared: Sequence[str]) -> tuple[str, ...]:
+        """The task's label set: what it declares, else the kind's default."""
+        return tuple(declared) or self.default_labels
+
+    def render_default(self, which: str, labels: Sequence[str]) -> str | None:
+        """The default template text of `which` (teacher, student, rationale) for a task with `labels`."""
+        text = {"teacher": self.teacher_prompt, "student": self.student_prompt}.get(which)
+        if which == "rationale":
+            text = self.rationale_prompt
+        if text is None:
+            return None
+        return text.replace("{labels}", ", ".join(labels))

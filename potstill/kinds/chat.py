@@ -1,0 +1,18 @@
+"""chat: an instruction or message in, the teacher's reply out (confidence from its log-probabilities)."""
+
+from __future__ import annotations
+
+from potstill.kinds.base import Kind
+from potstill.kinds.text import label_text
+
+KIND = Kind(
+    name="chat",
+    fields=("text",),
+    label=label_text,
+    closed=False,
+    fixed_labels=False,
+    teacher_prompt="User: {text}\nAssistant:",
+    student_prompt="User: {text}\nAssistant:",
+    headline="student_rouge_l",
+    description="free-text replies to a message or instruction",
+)

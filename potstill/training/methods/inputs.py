@@ -1,0 +1,72 @@
+"""What every distillation method trains from: one dataclass, so `potstill.training.methods.train` has one
+signature."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from potstill.prompts import PromptTemplate
+
+if TYPE_CHECKING:
+    from potstill.training.classifier import Classifier
+    from potstill.config import DistillConfig, RunConfig, StudentConfig
+
+
+@dataclass
+class DistillInputs:
+    """The student (trained in place), its data and settings, and where the teacher signal comes from."""
+
+    model: PreTrainedModel  # the student, trained in place
+    tokenizer: PreTrainedTokenizerBase  # the student's tokenizer
+    rows: list[dict[str, Any]]  # accepted rows: "id", "label", prompt fields, "rationale" when given
+    prompt: PromptTemplate  # the student prompt
+    student: StudentConfig
+    distill: DistillConfig  # cfg.distill: the method, its own options section, LoRA
+    output_dir: Path  # scratch folder for the trainer
+    seed: int = 13
+    on_log: Callable[[int, dict[str, float]], None] | None = None
+    teacher_model: str | None = (
+        None  # cfg.teacher.model: online methods load it with potstill.models.load_model
+    )
+    teacher_prompt: PromptTemplate | None = None
+    signals_dir: Path | None = None  # the teacher's stored top-k signal shards (logit_offline)
+
+    @property
+    def options(self) -> Any:
+        """The selected method's own section of `distill:` (e.g. `distill.logit_online`)."""
+        return self.distill.options
+
+    @classmethod
+    def for_run(
+        cls,
+        cfg: RunConfig,
+        student: Classifier,
+        rows: list[dict[str, Any]],
+        output_dir: Path,
+        *,
+        seed: int,
+        on_log: Callable[[int, dict[str, float]], None] | None,
+        teacher_prompt: PromptTemplate | None,
+        signals_dir: Path | None,
+    ) -> DistillInputs:
+        """The inputs of a pipeline run: the loaded student and the run config's student, distill and
+        teacher settings. The in-process path and each `accelerate launch` rank build them here alike."""
+        return cls(
+            model=student.model,
+            tokenizer=student.tokenizer,
+            rows=rows,
+            prompt=student.prompt,
+            student=cfg.student,
+            distill=cfg.distill,
+            output_dir=output_dir,
+            seed=seed,
+            on_log=on_log,
+            teacher_model=cfg.teacher.model,
+            teacher_prompt=teacher_prompt,
+            signals_dir=signals_dir,
+        )
