@@ -38,9 +38,11 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)  ## create or refresh .venv with everything installed
 
-demo: $(STAMP)  ## label, route, distill, evaluate and register on the embedded defaults (~10 min on 2 cores)
+demo: $(STAMP)  ## the demo task `polarity`: label, route, distill, evaluate, register (~10 min on 2 cores)
 	$(BIN)/potstill init
 	$(BIN)/potstill run
+	$(BIN)/potstill task list
+	$(BIN)/potstill catalog list --task polarity
 
 test: $(STAMP)  ## lint, then every test (CPU only)
 	$(BIN)/ruff check .

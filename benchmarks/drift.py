@@ -6,7 +6,7 @@
 In a fresh project folder (a copy of the catalog and params.yaml, so the repository's own catalog and
 MLflow store are untouched) it first runs the distill flow with small settings to get a champion, then
 saves one `incoming` batch after another and runs the `monitor_drift` flow on each: `--clean-batches`
-batches of held-out movie-review sentences (polarity_prompts rows beyond data.max_prompts: the champion's
+batches of held-out movie-review sentences (polarity/prompts rows beyond data.max_prompts: the champion's
 domain, never labeled), then `--shifted-batches` batches from another domain. With `--ramp K` the other
 domain's share grows over K batches (1/K, 2/K, …, 1) instead of switching at once. Reported: false alarms
 over the clean batches, detection delay (shifted batches before the first drift verdict; 0 = the first
@@ -15,8 +15,8 @@ shifted batch), retrain triggers (one per drift event with the cooldown), and se
 subflow; without it the trigger only logs.
 
 The other domains: `amazon` (product-review sentences) and `tweets`, with human polarity labels, from the
-vaderSentiment sdist (benchmarks/support/vader_corpus.py; fetched with pip like the demo corpus); `gsm8k` questions
-and `esnli` premises from ../shared/data, which have no sentiment labels. With a labeled domain the
+vaderSentiment sdist (benchmarks/support/vader_corpus.py; fetched with pip like the demo corpus); `gsm8k`
+questions and `esnli` premises from ../shared/data, which have no sentiment labels. With a labeled domain the
 shifted rows carry their gold `label`: the teacher, the monitor and the trainer never see it (the teacher
 labeling strips it, training uses teacher labels), only the scoring does. Scored then: the retrain flow's
 own `new_slice_*` metrics on the triggering batch, the served champion's accuracy on every shifted batch,
@@ -32,10 +32,14 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+# Benchmarks run from the repository: the project's tasks/, flows/ and benchmarks/ import from its root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml
 
@@ -55,8 +59,8 @@ def other_domain(name: str, n: int) -> list[dict[str, Any]]:
     """The first n distinct rows of the other domain: {id, text} and, for a labeled domain, the gold
     `label` (e-SNLI repeats each premise for 3 hypotheses, hence distinct)."""
     if name in LABELED:
-        from potstill.models import default_cache_dir
         from benchmarks.support.vader_corpus import load_domain
+        from potstill.models import default_cache_dir
 
         rows = load_domain(default_cache_dir() / "downloads", name)
         if len(rows) < n:
@@ -137,8 +141,8 @@ def main() -> None:
     distill_s = time.perf_counter() - start
     print(f"champion: version {trained['registered']['version']} ({distill_s:.0f}s)")
 
-    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml")
-    held_out = catalog.load("polarity_prompts")[args.max_prompts :]
+    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml").for_task("polarity")
+    held_out = catalog.load("prompts")[args.max_prompts :]
     n_rows = args.batch_rows
     need = (args.clean_batches + args.shifted_batches) * n_rows
     if len(held_out) < need:
@@ -281,16 +285,16 @@ def quality_report(
     """Markdown lines: the retrain flow's own before/after metrics (old gold set, triggering batch), and
     the first champion, the retrained model and the teacher on held-out rows of the new domain."""
     from potstill import metrics as M
-    from potstill.data.catalog import Catalog
     from potstill.config import validate
+    from potstill.data.catalog import Catalog
     from tasks.label import label_with_teacher
     from tasks.predict import ServedModel, predict_rows
     from tasks.tracking import configure
 
     cfg = validate(params)
     configure(project)
-    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml", cfg.catalog)
-    labels = list(catalog.dataset(cfg.data.gold).labels)
+    catalog = Catalog.from_file(project / "catalog" / "catalog.yaml", cfg.catalog).for_task(cfg.task)
+    labels = catalog.task().label_set
     m, reg = retrained["metrics"], retrained["registered"]
     new_version = str(reg["version"])
     y = [r["label"] for r in new_eval]
@@ -299,11 +303,16 @@ def quality_report(
         (f"champion v{first_version}", first_version),
         (f"retrained v{new_version}", new_version),
     ):
-        served = ServedModel(cfg.registry.model_name, "benchmark", str(version), "", ["text"])
+        served = ServedModel(f"{cfg.task}-student", "benchmark", str(version), "", ["text"])
         pred = [p["label"] for p in predict_rows(served, new_eval)]
         scores[name] = (M.accuracy(y, pred), M.macro_f1(y, pred, labels))
     teacher = label_with_teacher(
-        new_eval, cfg.teacher, catalog.prompt(cfg.teacher.prompt), labels, "held-out new domain"
+        new_eval,
+        cfg.teacher,
+        catalog.prompt("teacher_prompt"),
+        catalog.task().kind,
+        labels,
+        "held-out new domain",
     )["pred"]
     scores["teacher"] = (M.accuracy(y, teacher), M.macro_f1(y, teacher, labels))
     majority = max(y.count(lab) for lab in labels) / len(y)

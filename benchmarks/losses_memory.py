@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/losses_memory.py [--n 2048] [--vocab 49152] [--hidden 576] [--device cpu]
 
-One forward + backward of `potstill.training.losses.distillation_loss` (KD against a teacher signal + CE on labels)
+One forward + backward of `potstill.training.losses.distillation_loss` (KD against a teacher signal + CE on
+labels)
 from [N, H] hidden states through an [H → V] LM head, at each chunk size and unchunked (chunk = N). Each
 setting runs in a fresh subprocess so that peaks do not mix. On CPU the peak is the rise of the process's
 resident memory (`getrusage` max RSS after, minus the resident size before the call, inputs already

@@ -34,6 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Benchmarks run from the repository: the project's tasks/, flows/ and benchmarks/ import from its root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,40 +54,46 @@ SIZES: dict[str, dict[str, Any]] = {
 SECTION = "## Distillation methods"
 
 
+TASK = "conjnli"  # the benchmark's task: ConjNLI adversarial-train prompts, ConjNLI dev as gold
+
+
 def make_project(folder: Path) -> Path:
-    """A copy of the catalog and params.yaml whose run entries (teacher_labels, train_set, ...) hold NLI
-    rows: the repository's catalog declares them for the polarity demo."""
+    """A copy of the catalog and params.yaml with the task `conjnli` declared on the imported ConjNLI files
+    (catalog/data/conjnli/*.jsonl, written by benchmarks.support.importers), labeled with the tuned
+    teacher's prompt and its rationale format; the student is served with the same prompt."""
     shutil.copytree(ROOT / "catalog", folder / "catalog", ignore=shutil.ignore_patterns("data", "versions"))
     shutil.copy(ROOT / "params.yaml", folder / "params.yaml")
-    path = folder / "catalog" / "catalog.yaml"
-    doc = yaml.safe_load(path.read_text())
-    demo = doc["datasets"]["polarity_prompts"]["labels"]
-    for entry in doc["datasets"].values():
-        if entry.get("labels") == demo and not str(entry["path"]).startswith("catalog/data/polarity/"):
-            entry.update(kind="nli", labels=list(T.LABELS))
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    doc = yaml.safe_load((folder / "catalog" / "catalog.yaml").read_text())
+    declaration = {
+        "kind": "nli",
+        "labels": list(T.LABELS),
+        "description": "ConjNLI: the methods benchmark (benchmarks/methods.py)",
+        "prompts": {"path": doc["datasets"]["conjnli_train"]["path"], "format": "jsonl"},
+        "gold": {"path": doc["datasets"]["conjnli_dev"]["path"], "format": "jsonl"},
+        "templates": {
+            "teacher": doc["prompts"][T.PROMPT_NAME]["path"],
+            "student": doc["prompts"][T.PROMPT_NAME]["path"],  # the tuned teacher's format
+            "rationale": doc["prompts"]["teacher_nli_tuned_rationale_prompt"]["path"],
+        },
+    }
+    (folder / "catalog" / "tasks" / f"{TASK}.yaml").write_text(yaml.safe_dump(declaration, sort_keys=False))
     return folder
 
 
 def run_params(project: Path, args: argparse.Namespace, teacher: str, gpu: bool) -> dict[str, Any]:
     """params.yaml of every method run: only distill.method differs between them (an -o override)."""
     params: dict[str, Any] = yaml.safe_load((project / "params.yaml").read_text())
+    params["task"] = TASK
     params["catalog"]["versioning"] = False  # benchmark data need no DVC versions
-    params["data"].update(
-        prompts="conjnli_train", gold="conjnli_dev", max_prompts=args.prompts, max_eval_rows=args.eval_rows
-    )
+    params["data"].update(max_prompts=args.prompts, max_eval_rows=args.eval_rows)
     params["teacher"].update(
         model=teacher,
-        prompt=T.PROMPT_NAME,
-        kind="nli",
         store_signals=True,  # on for every method: one labeling (same rows, labels) serves them all
         rationale=True,
-        rationale_prompt="teacher_nli_tuned_rationale_prompt",
-        device="cuda" if gpu else None,
     )
+    params["teacher"]["transformers"]["device"] = "cuda" if gpu else None
     params["route"].update(threshold=None, budget=None)  # distill on every teacher label
     params["student"].update(
-        prompt=T.PROMPT_NAME,  # the tuned teacher's format: the pruned student starts from it
         layers=args.layers,
         max_steps=args.steps,
         epochs=args.epochs,
@@ -143,6 +152,20 @@ def latest_distill_run(client: Any, experiment: str) -> Any:
     return runs[0] if runs else None
 
 
+def registered_student(client: Any, run_id: str, dest: Path) -> Path:
+    """The student a run registered (its model folder, downloaded): run folders are removed when a run
+    ends, the registered copy is the record."""
+    import mlflow
+
+    from potstill.operations.retrain import find_student_folder
+
+    [version] = client.search_model_versions(f"run_id = '{run_id}'")
+    uri = f"models:/{version.name}/{version.version}"
+    return find_student_folder(
+        Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+    )
+
+
 def signal_bytes_per_token(log: Path, cache: Path, teacher_prefix: str, rows: int) -> float | None:
     """Bytes per stored teacher token: from the labeling log line, else from the shard folder on disk."""
     from potstill.labeling.signals import load_signals
@@ -172,11 +195,12 @@ def measure(
 
     from potstill import metrics as M
 
-    mlrun = latest_distill_run(MlflowClient(), "potstill")
+    client = MlflowClient()
+    mlrun = latest_distill_run(client, f"potstill-{TASK}")
     if mlrun is None or mlrun.data.params.get("distill.method") != method:
         raise RuntimeError(f"no finished distill run for {method} in the project's MLflow store")
     m = mlrun.data.metrics
-    student = project / "catalog" / "data" / "models" / "student"
+    student = registered_student(client, mlrun.info.run_id, project / "students" / method)
     prompt = T.PromptTemplate(T.PROMPT_NAME, T.PROMPT_FILE.read_text())
     pred = T.predict(student, held, prompt)
     esnli = T.nli_scores([r["label"] for r in held], pred)
@@ -330,9 +354,9 @@ def main(argv: list[str] | None = None) -> None:
     from potstill.env import apply_defaults
 
     apply_defaults(project)  # before Prefect or MLflow is imported: stores live in the project
-    from potstill.data.catalog import Catalog
-    from potstill.config import load_config
     from benchmarks.support.importers import import_shared
+    from potstill.config import load_config
+    from potstill.data.catalog import Catalog
 
     spec = T.register_teacher(folder, project)
     params = run_params(project, args, spec, gpu)

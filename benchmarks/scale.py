@@ -35,21 +35,22 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from potstill.env import apply_defaults  # noqa: E402
+from potstill.env import apply_defaults
 
 apply_defaults(ROOT)
 
-import torch  # noqa: E402
-from prefect import flow  # noqa: E402
+import torch
+from prefect import flow
 
-from potstill.data.catalog import Catalog  # noqa: E402
-from potstill.config import TeacherConfig  # noqa: E402
-from potstill.data.demo import download_sdist, parse_polarity, read_corpus, split_gold  # noqa: E402
-from potstill.kinds import KindSpec, Labeled, label_rows  # noqa: E402
-from potstill.models import default_cache_dir  # noqa: E402
-from potstill.labeling.ray_shards import LocalRayHead, _free_port  # noqa: E402
-from potstill.labeling.shards import label_sharded  # noqa: E402
-from potstill.labeling.teacher import load_backend  # noqa: E402
+from potstill.config import TeacherConfig
+from potstill.config.teacher import RaySettings
+from potstill.data.catalog import Catalog
+from potstill.data.demo import download_sdist, parse_polarity, read_corpus, split_gold
+from potstill.kinds import KindSpec, Labeled, label_rows
+from potstill.labeling.ray_shards import LocalRayHead, _free_port
+from potstill.labeling.shards import label_sharded
+from potstill.labeling.teacher import load_backend
+from potstill.models import default_cache_dir
 
 LABELS = ("negative", "positive")
 
@@ -101,7 +102,9 @@ def label_on_workers(
 
     head = LocalRayHead.start(num_cpus=workers)
     try:
-        ray_cfg = cfg.model_copy(update={"executor": "ray", "ray_address": head.address, "num_cpus": 1})
+        ray_cfg = cfg.model_copy(
+            update={"executor": "ray", "ray": RaySettings(address=head.address, num_cpus=1)}
+        )
         label_fn = partial(label_rows, template=prompt, spec=KindSpec(kind="classification", labels=LABELS))
         start = time.perf_counter()
         warmed = label_ray.label_on_ray(warm, ray_cfg, label_fn, tmp / f"warm-{workers}")
@@ -164,10 +167,10 @@ def per_task_overhead(workers: int, head: LocalRayHead, tmp: Path, n: int = 48) 
     cfg = TeacherConfig(
         model="noop",
         backend="openai",  # never called: the labeler does no work; only the replica object is built
-        base_url="http://127.0.0.1:9/v1",
+        openai={"base_url": "http://127.0.0.1:9/v1"},
         shard_rows=1,
         executor="ray",
-        ray_address=head.address,
+        ray={"address": head.address},
     )
     rows = [{"id": f"n{i}", "text": "x"} for i in range(n)]
     label_ray.label_on_ray(rows[: 2 * workers], cfg, noop_label, tmp / "noop-warm")
@@ -291,13 +294,15 @@ def main() -> None:
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="pst-scale-"))
-    catalog = Catalog.from_file(ROOT / "catalog" / "catalog.yaml")
+    catalog = Catalog.from_file(ROOT / "catalog" / "catalog.yaml").for_task("polarity")
     prompt = catalog.prompt("teacher_prompt")
     corpus, _ = parse_polarity(read_corpus(download_sdist(default_cache_dir() / "downloads")))
     _, gold = split_gold(corpus, 800, 13)
     rows = [{"id": r["id"], "text": r["text"]} for r in gold[: args.rows]]
     warm = [{"id": r["id"], "text": r["text"]} for r in gold[args.rows : args.rows + 2 * args.shard_rows]]
-    cfg = TeacherConfig(model=args.teacher, batch_size=args.shard_rows, shard_rows=args.shard_rows)
+    cfg = TeacherConfig(
+        model=args.teacher, transformers={"batch_size": args.shard_rows}, shard_rows=args.shard_rows
+    )
 
     api_url, server_env = prefect_server(tmp)
     from prefect.settings import PREFECT_API_URL, temporary_settings

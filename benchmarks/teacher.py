@@ -26,10 +26,14 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+# Benchmarks run from the repository: the project's tasks/, flows/ and benchmarks/ import from its root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -65,7 +69,9 @@ def polarity_prompts(n: int) -> tuple[str, list[str]]:
 
     rows, _ = parse_polarity(read_corpus(download_sdist(default_cache_dir() / "downloads")))
     _, gold = split_gold(rows, 800, 13)
-    prompt = Catalog.from_file(ROOT / "catalog" / "catalog.yaml").prompt("teacher_prompt")
+    prompt = (
+        Catalog.from_file(ROOT / "catalog" / "catalog.yaml").for_task("polarity").prompt("teacher_prompt")
+    )
     prefix, _ = prompt.split()
     return prefix, [prefix + prompt.render_row({"id": r["id"], "text": r["text"]}) for r in gold[:n]]
 

@@ -8,7 +8,7 @@ the prompt text and the e-SNLI file: a rerun with the same settings reuses it. T
 `teacher_tuning.json`: settings, training numbers, and the teacher's scores and predictions on the
 held-out e-SNLI slice and ConjNLI dev (so agreement can be computed without re-scoring). Registration
 (`register_teacher`) puts the folder into a project's MLflow store as a registered model with an alias,
-which `potstill.models.load_model("models:/<name>@<alias>")` resolves.
+which the flows resolve (`tasks.tracking.registered_model_folder`) when `teacher.model` names it.
 """
 
 from __future__ import annotations
@@ -16,18 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+# Benchmarks run from the repository: the project's tasks/, flows/ and benchmarks/ import from its root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
 
-from potstill import metrics as M
 from benchmarks.support.importers import read_source, shared_data_dir
-from potstill.kinds.closed import NLI_LABELS
-from potstill.models import load_model, resolve_source
-from potstill.prompts import PromptTemplate
 from benchmarks.support.teacher_tuning import (
     META_FILE,
     TuningSettings,
@@ -36,6 +36,10 @@ from benchmarks.support.teacher_tuning import (
     split_holdout,
     tune_teacher,
 )
+from potstill import metrics as M
+from potstill.kinds.closed import NLI_LABELS
+from potstill.models import load_model, resolve_source
+from potstill.prompts import PromptTemplate
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("POTSTILL_CACHE", str(ROOT / ".cache"))  # reuse the converted package teacher
@@ -90,7 +94,12 @@ def predict(
     from potstill.training.classifier import Classifier
 
     if isinstance(folder_or_model, str | Path):
-        model, tokenizer = load_model(str(folder_or_model))
+        spec = str(folder_or_model)
+        if spec.startswith("models:/"):  # a registered teacher: its downloaded folder
+            from tasks.tracking import registered_model_folder
+
+            spec = str(registered_model_folder(spec))
+        model, tokenizer = load_model(spec)
     else:
         model, tokenizer = folder_or_model
     clf = Classifier(model, tokenizer, prompt, LABELS, batch_size=batch)

@@ -7,7 +7,8 @@ Only wiring. Schedules, for task <task>:
 | `distill/<task>-distill-nightly`            | cron `0 2 * * *` (02:00 every night)   |
 | `review_sync/<task>-review-sync`            | every 10 minutes                       |
 | `monitor_drift/<task>-monitor-drift-hourly` | every hour                             |
-| `retrain/<task>-retrain-on-drift`           | no schedule: the task's monitor starts it with `run_deployment` |
+| `retrain/<task>-retrain-on-drift`           | no schedule: the task's monitor starts it with
+`run_deployment` |
 
 Every deployment gets the project root and the run config resolved at deploy time (params.yaml plus
 `-o` overrides, `task` included) as default parameters, so a scheduled run uses the same config as
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
+
 
 @dataclass(frozen=True)
 class Schedule:

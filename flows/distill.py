@@ -10,7 +10,15 @@ from typing import Any
 
 from prefect import flow, runtime
 
-from flows.pipeline import RunContext, new_data, open_run, remove_run_models, resolve, run_steps
+from flows.pipeline import (
+    RunContext,
+    new_data,
+    open_run,
+    remove_run_models,
+    require_student,
+    resolve,
+    run_steps,
+)
 from tasks.tracking import tracking_uri
 
 
@@ -18,6 +26,7 @@ from tasks.tracking import tracking_uri
 def distill(params: dict[str, Any] | None = None, project: str | None = None) -> dict[str, Any]:
     """Distill the teacher into a student for the run config's task and register it in MLflow."""
     setup = resolve(params, project)
+    require_student(setup.spec)  # before any labeling: a kind without a student stops here
     with open_run(setup, "distill", str(runtime.flow_run.name or "distill")) as ctx:
         data = run_steps(ctx, new_data())
         remove_run_models(ctx)

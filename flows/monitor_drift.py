@@ -13,7 +13,6 @@ from dataclasses import replace
 from typing import Any
 
 from mlflow.tracking import MlflowClient
-
 from prefect import flow, runtime
 
 from flows.pipeline import resolve
@@ -33,7 +32,7 @@ from tasks.monitor import (
     trigger_retrain,
 )
 from tasks.predict import batch_versions, predict_batch, resolve_batch
-from tasks.tracking import parent_run, tracking_uri
+from tasks.tracking import configure, parent_run, resolve_registered, tracking_uri
 
 
 @flow(name="monitor_drift")
@@ -42,7 +41,9 @@ def monitor_drift(
 ) -> dict[str, Any]:
     """Monitor every incoming batch of the task not monitored yet (or only `batch`, when given and new)."""
     setup = resolve(params, project)
-    cfg, catalog, spec, root = setup.cfg, setup.catalog, setup.spec, setup.root
+    catalog, spec, root = setup.catalog, setup.spec, setup.root
+    configure(root)
+    cfg = resolve_registered(setup.cfg)  # a registered teacher, downloaded once
     mon = cfg.monitor
     state = load_state(catalog)
     candidates = (
@@ -56,7 +57,7 @@ def monitor_drift(
             "potstill.flow": "monitor_drift",
             "potstill.task": spec.name,
             "prefect.flow_run_id": str(runtime.flow_run.id),
-            "potstill.config_hash": config_hash(cfg),
+            "potstill.config_hash": config_hash(setup.cfg),
             "potstill.batch": f"{catalog.full_name(mon.incoming)}@{version}",
         }
         with parent_run(root, setup.target.experiment, f"monitor-{spec.name}-{version}", tags) as run:
@@ -65,7 +66,9 @@ def monitor_drift(
                 catalog, mon.incoming, mon.predictions, setup.target.model_name, mon.alias, version, run_id
             )
             served = predicted["model"]
-            MlflowClient().set_tag(run_id, "potstill.model", f"{served.name}@{served.alias} v{served.version}")
+            MlflowClient().set_tag(
+                run_id, "potstill.model", f"{served.name}@{served.alias} v{served.version}"
+            )
             reference = reference_window(catalog, served, mon.reference_rows, mon.seed)
             current = Window(predicted["rows"], predicted["predictions"])
             if mon.teacher_sample_rows and "disagreement" in mon.checks:
@@ -85,14 +88,16 @@ def monitor_drift(
             now = now_utc()
             decision = decide_retrain(report, last_trigger_of(state), now, mon.cooldown_s)
             metrics = log_drift(run_id, report, decision, reference, current)
-            params_now = cfg.model_dump(mode="json")
+            params_now = setup.cfg.model_dump(mode="json")
             if decision.trigger and mon.trigger == "inline":  # a subflow: the flow runs the other flow
                 from flows.retrain import retrain
 
                 result = retrain(params=params_now, project=str(root), batch=version)
                 fired = {"triggered": True, "mode": "inline", "result": result}
             else:
-                fired = trigger_retrain(decision, mon.trigger, version, str(root), retrain_deployment(spec.name))
+                fired = trigger_retrain(
+                    decision, mon.trigger, version, str(root), retrain_deployment(spec.name)
+                )
             summary = {
                 "run_id": run_id,
                 "drifted": report.drifted,

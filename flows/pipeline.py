@@ -38,7 +38,7 @@ from tasks.retrain import evaluate_slice
 from tasks.review import load_reviewed, review_spec, send_for_review, sync_reviews, wait_for_reviews
 from tasks.route import route_labels
 from tasks.store import store_entry
-from tasks.tracking import log_metrics, parent_run
+from tasks.tracking import log_metrics, parent_run, resolve_registered
 from tasks.train import build_student, train_student
 from tasks.validate import Validated, validate_dataset
 
@@ -75,6 +75,7 @@ class RunContext:
     experiment_id: str
     templates: dict[str, PromptTemplate]  # teacher_prompt, student_prompt (, rationale_prompt)
     prompt_versions: dict[str, VersionRecord]
+    config_hash: str  # of the config as given (its registered-model sources not yet downloaded)
     standalone: bool = False  # one step on its own: inputs come from the catalog
 
     @property
@@ -142,8 +143,8 @@ def open_run(
             client.set_tag(run.run_id, f"prompt.{name}", f"{record.name} md5:{record.md5}")
             client.log_text(run.run_id, templates[name].text, f"prompts/{name}.txt")
         yield RunContext(
-            cfg, setup.root, catalog, setup.spec, setup.target, run.run_id, run.experiment_id, templates,
-            versions, standalone,
+            resolve_registered(cfg), setup.root, catalog, setup.spec, setup.target, run.run_id,
+            run.experiment_id, templates, versions, config_hash(cfg), standalone,
         )  # fmt: skip
 
 
@@ -163,7 +164,9 @@ def prepare(ctx: RunContext, data: dict[str, Any], which: tuple[str, ...] = INPU
     for name in which:
         read = inputs.prompts if name == "prompts" else inputs.gold
         assert read is not None
-        data[name] = ctx.validate(name, read.rows, row_numbers=read.row_numbers, rejected=from_read_result(read))
+        data[name] = ctx.validate(
+            name, read.rows, row_numbers=read.row_numbers, rejected=from_read_result(read)
+        )
         data["lineage"][f"data.{name}"] = inputs.versions[name]
     data.setdefault("source", ("prompts", inputs.versions.get("prompts")))
 
@@ -216,11 +219,27 @@ def route(ctx: RunContext, data: dict[str, Any]) -> None:
     data.update(routed=routed, review=review, reviews=reviews, train_set=train_set)
 
 
+def require_student(spec: TaskSpec) -> None:
+    """A student exists for kinds with a fixed label set (classification, NLI); for the others the teacher
+    still labels (`potstill step label`), and the run says so before it spends time on that."""
+    kind = spec.kind_object
+    if kind.score is None or not kind.fixed_labels:
+        raise TaskError(
+            f"task {spec.name!r} is of kind {spec.kind}: students of this kind are not built yet (only "
+            "classification and nli). Its teacher labels are: `potstill step label --task "
+            f"{spec.name}` writes them to the catalog entry {spec.name}/teacher_labels."
+        )
+
+
 def train(ctx: RunContext, data: dict[str, Any]) -> None:
     """Build the student (or continue from `data["student_base"]`) and distill it into the run's folder."""
+    require_student(ctx.spec)
     cfg, catalog = data.get("train_cfg", ctx.cfg), ctx.catalog
     train_set = data.get("train_set") or ctx.validate(
-        "train_set", catalog.load("train_set"), eval_rows=data["gold"].rows, eval_name=catalog.full_name("gold")
+        "train_set",
+        catalog.load("train_set"),
+        eval_rows=data["gold"].rows,
+        eval_name=catalog.full_name("gold"),
     )
     base = data.get("student_base") or build_student(
         cfg, ctx.templates["student_prompt"], ctx.spec.label_set, ctx.run_dir / "student_base"
@@ -231,7 +250,13 @@ def train(ctx: RunContext, data: dict[str, Any]) -> None:
             label(ctx, data)
         signals = data["labeled"].get("signals_dir")
     trained = train_student(
-        base, train_set.rows, cfg, ctx.run_dir / "student", ctx.run_id, ctx.templates["teacher_prompt"], signals
+        base,
+        train_set.rows,
+        cfg,
+        ctx.run_dir / "student",
+        ctx.run_id,
+        ctx.templates["teacher_prompt"],
+        signals,
     )
     models = {"student_base": str(base), "student": str(trained["folder"]), "run_id": ctx.run_id}
     if ctx.standalone:  # the DVC stage's output: where evaluate and register find this run's models
@@ -262,18 +287,21 @@ def evaluate(ctx: RunContext, data: dict[str, Any]) -> None:
         by_id = {r["id"]: r["label"] for r in catalog.load("teacher_gold_labels")}
         teacher = {"pred": [by_id[r["id"]] for r in gold]}
     models = data.get("models") or catalog.load_json("models")
-    batch, (base_name, name) = ctx.cfg.student.eval_batch_size, data.get("eval_names", ("student (untrained)",
-                                                                                          "student"))  # fmt: skip
+    batch = ctx.cfg.student.eval_batch_size
+    base_name, name = data.get("eval_names", ("student (untrained)", "student"))
     base_eval = predict_gold(Path(models["student_base"]), gold, batch, base_name)
     student_eval = predict_gold(Path(models["student"]), gold, batch, name)
     labels = ctx.spec.label_set
-    metrics = evaluate_gold(gold, labels, teacher, base_eval, student_eval, ctx.run_id)
+    kind = ctx.spec.kind
+    metrics = evaluate_gold(gold, labels, teacher, base_eval, student_eval, ctx.run_id, kind)
     new_slice = data.get("new_slice") or []
     if new_slice:
         before = predict_gold(Path(models["student_base"]), new_slice, batch, f"{base_name}, new slice")
         after = predict_gold(Path(models["student"]), new_slice, batch, f"{name}, new slice")
-        metrics |= evaluate_slice(new_slice, labels, before, after, ctx.run_id)
-    data["lineage"]["data.eval_report"] = store_entry(catalog, "eval_report", {"metrics": metrics}, ctx.run_id)
+        metrics |= evaluate_slice(new_slice, labels, before, after, ctx.run_id, kind=kind)
+    data["lineage"]["data.eval_report"] = store_entry(
+        catalog, "eval_report", {"metrics": metrics}, ctx.run_id
+    )
     data["metrics"] = metrics
 
 
@@ -295,7 +323,7 @@ def register(ctx: RunContext, data: dict[str, Any]) -> None:
     lineage |= {
         "task": ctx.spec.name,
         "git_commit": git_commit_of(ctx.root) or "none",
-        "config_hash": config_hash(ctx.cfg),
+        "config_hash": ctx.config_hash,
         "mlflow_run": ctx.run_id,
     }
     data["registered"] = register_student(
@@ -325,4 +353,14 @@ def remove_run_models(ctx: RunContext) -> None:
     shutil.rmtree(ctx.run_dir, ignore_errors=True)
 
 
-__all__ = ["RUNNERS", "RunContext", "Setup", "new_data", "open_run", "remove_run_models", "resolve", "run_steps"]
+__all__ = [
+    "RUNNERS",
+    "RunContext",
+    "Setup",
+    "new_data",
+    "open_run",
+    "remove_run_models",
+    "require_student",
+    "resolve",
+    "run_steps",
+]

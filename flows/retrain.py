@@ -18,7 +18,18 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from prefect import flow, runtime
 
-from flows.pipeline import evaluate, label, new_data, open_run, prepare, register, resolve, route, train
+from flows.pipeline import (
+    evaluate,
+    label,
+    new_data,
+    open_run,
+    prepare,
+    register,
+    require_student,
+    resolve,
+    route,
+    train,
+)
 from potstill.operations.retrain import gold_slice
 from tasks.retrain import fetch_champion, load_batch, merge_train_set
 from tasks.store import store_entry
@@ -31,8 +42,10 @@ def retrain(
 ) -> dict[str, Any]:
     """Retrain the task's champion on incoming batch `batch` (e.g. "v3"; default: the latest)."""
     setup = resolve(params, project)
-    cfg, catalog = setup.cfg, setup.catalog
+    require_student(setup.spec)
+    catalog = setup.catalog
     with open_run(setup, "retrain", f"retrain-{runtime.flow_run.name}") as ctx:
+        cfg = ctx.cfg  # registered-model sources downloaded
         data = new_data()
         prepare(ctx, data, which=("gold",))
         incoming = load_batch(catalog, cfg.monitor.incoming, batch, ctx.run_id)
@@ -52,7 +65,8 @@ def retrain(
         try:
             champion = fetch_champion(ctx.target.model_name, champion_dir, ctx.run_id)
             merged = merge_train_set(
-                catalog, champion["train_set"], data["train_set"].rows, ctx.templates["student_prompt"].fields,
+                catalog, champion["train_set"], data["train_set"].rows,
+                ctx.templates["student_prompt"].fields,
                 cfg.retrain.train_on, cfg.retrain.replay_rows, cfg.data.seed, ctx.run_id,
             )  # fmt: skip
             data["lineage"] |= {
@@ -92,8 +106,11 @@ def retrain(
             "train_set": data["lineage"]["data.train_set"],
             "rows_labeled": len(data["labeled"]["rows"]),
             "rows_to_review": routed["review_rows"],
-            "review": {**data["review"], "human_rows": routed["human_rows"],
-                       "rejected_rows": routed["rejected_rows"]},  # fmt: skip
+            "review": {
+                **data["review"],
+                "human_rows": routed["human_rows"],
+                "rejected_rows": routed["rejected_rows"],
+            },
             "rows": merged["counts"],
             "train_steps": data["trained"]["steps"],
             "new_slice_rows": len(data["new_slice"]),

@@ -41,3 +41,23 @@ def apply_defaults(root: Path | None = None) -> Path:
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
     os.environ.setdefault("POTSTILL_CACHE", str(root / ".cache"))
     return root
+
+
+def use_project_code(root: Path) -> list[Path]:
+    """Make the project's `tasks/` and `flows/` importable: they are project code, not installed packages.
+
+    They live in the project (a clone of this repository) and, for an editable install, beside the
+    `potstill` package; a `--project` folder holding only a catalog uses the code of the install. The
+    folders go on `sys.path` and on PYTHONPATH, so processes started from here (accelerate ranks, Ray
+    workers, which get PYTHONPATH forwarded) import the same code."""
+    code_root = Path(__file__).resolve().parents[1]
+    found = [r for r in dict.fromkeys((root.resolve(), code_root)) if (r / "flows" / "__init__.py").exists()]
+    import sys
+
+    for folder in reversed(found):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    if found:
+        parts = [str(f) for f in found] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
+    return found

@@ -44,6 +44,15 @@ def macro_f1(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str]) ->
     return sum(scores) / len(scores) if scores else 0.0
 
 
+def classification_scores(
+    gold: Sequence[str], pred: Sequence[str], labels: Sequence[str]
+) -> dict[str, float]:
+    """What a fixed-label kind is judged by: accuracy, macro-F1 and each label's recall (`recall_<label>`)."""
+    out = {"accuracy": accuracy(gold, pred), "macro_f1": macro_f1(gold, pred, labels)}
+    out |= {f"recall_{lab}": rec for lab, rec in per_class_recall(gold, pred, labels).items()}
+    return out
+
+
 def plot_confusion(
     matrices: dict[str, list[list[int]]], labels: Sequence[str], path: Path, title: str = ""
 ) -> Path:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from potstill.errors import UserError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from potstill.errors import UserError
 
 
 class ModelSourceError(UserError, ValueError):
@@ -41,11 +41,17 @@ def default_cache_dir() -> Path:
 
 
 def resolve_source(spec: str, cache_dir: Path | None = None) -> ModelSource:
-    """`package:<dist>` -> the GGUF file inside that installed distribution; `models:/<name>@<alias>` or
-    `models:/<name>/<version>` -> a registered model's folder (downloaded once into the cache); a path;
-    else a hub id."""
+    """`package:<dist>` -> the GGUF file inside that installed distribution; a path; else a hub id.
+
+    A registered model (`models:/<name>@<alias>`, `models:/<name>/<version>`) lives in the MLflow registry,
+    which the library does not talk to: the flows turn it into its downloaded folder first
+    (`tasks.tracking.resolve_registered`), so what reaches here is a path."""
     if spec.startswith(REGISTRY_PREFIX):
-        return ModelSource(spec, str(registered_model_folder(spec, cache_dir)))
+        parse_registered(spec)  # a malformed reference says so
+        raise ModelSourceError(
+            f"{spec}: a registered model is downloaded by the flows before it is loaded "
+            "(tasks.tracking.registered_model_folder); pass that folder here"
+        )
     if spec.startswith("package:"):
         dist_name = spec.removeprefix("package:")
         try:
@@ -88,46 +94,6 @@ def parse_registered(spec: str) -> tuple[str, str | None, str | None]:
         if name and version.isdigit():
             return name, None, version
     raise ModelSourceError(f"{spec}: expected models:/<name>@<alias> or models:/<name>/<version>")
-
-
-def registered_model_folder(spec: str, cache_dir: Path | None = None) -> Path:
-    """The files of a model version registered in MLflow (the tracking/registry URI in effect, e.g. the
-    project's store once `tasks.tracking.configure` ran), downloaded once into `<cache>/registry/`.
-
-    The version must hold a plain transformers folder (config.json at its root), as
-    `benchmarks/tuned_teacher.register_teacher` logs it. The cache key includes the version's source URI,
-    so version 1 of two different stores never share a folder. MLflow is imported here only: the rest of
-    the library stays free of it."""
-    from mlflow.artifacts import download_artifacts
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    name, alias, version = parse_registered(spec)
-    client = MlflowClient()
-    try:
-        mv = (
-            client.get_model_version_by_alias(name, alias)
-            if alias
-            else client.get_model_version(name, version)
-        )
-    except MlflowException as exc:
-        raise ModelSourceError(
-            f"{spec}: not in the model registry at {client._registry_uri}: {exc}"
-        ) from None
-    key = hashlib.sha256(f"{mv.source}|{mv.run_id}".encode()).hexdigest()[:12]
-    folder = (cache_dir or default_cache_dir()) / "registry" / f"{name}-v{mv.version}-{key}"
-    if (folder / "config.json").exists():
-        return folder
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    local = Path(download_artifacts(artifact_uri=mv.source, dst_path=str(tmp)))
-    if not (local / "config.json").exists():
-        raise ModelSourceError(f"{spec}: version {mv.version} ({mv.source}) holds no transformers folder")
-    shutil.rmtree(folder, ignore_errors=True)
-    local.rename(folder)
-    shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

@@ -87,7 +87,8 @@ BY_NAME = {s.name: s for s in STEPS}
 STEP_OUTPUTS = frozenset(w for s in STEPS for w in s.writes)
 DVC_HEADER = (
     "# Generated from potstill/pipeline.py for every task in catalog/tasks/ (`potstill dvc` rewrites it;\n"
-    "# `potstill task new` too). Each stage runs `potstill step <step> --task <task>`, which first reads and\n"
+    "# `potstill task new` too). Each stage runs `potstill step <step> --task <task>`, which first reads "
+    "and\n"
     "# validates the task's data: `dvc repro` runs every declared task, `dvc repro <task>-register` one of\n"
     "# them. Do not edit by hand: a test checks it.\n"
 )

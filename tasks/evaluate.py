@@ -11,9 +11,17 @@ from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
 from potstill import metrics as M
-from potstill.training.classifier import Classifier
+from potstill.kinds import ScoreFn, get_kind
 from potstill.models import count_parameters, folder_size_bytes
+from potstill.training.classifier import Classifier
 from tasks.tracking import log_file, log_json, log_metrics
+
+
+def student_score(kind: str) -> ScoreFn:
+    score = get_kind(kind).score
+    if score is None:
+        raise NotImplementedError(f"kind {kind} has no student evaluation yet")
+    return score
 
 
 @task(name="predict_gold", cache_policy=NO_CACHE)
@@ -40,15 +48,15 @@ def evaluate(
     base: dict[str, Any],
     student: dict[str, Any],
     run_id: str,
+    kind: str = "classification",
 ) -> dict[str, float]:
-    """Metrics named as the issue and dashboards expect: teacher_accuracy, student_accuracy, agreement, ..."""
+    """Metrics named as dashboards expect: teacher_accuracy, student_accuracy, agreement, ... (the kind's
+    own scores, prefixed by who was scored)."""
+    score = student_score(kind)
     y = [r["label"] for r in gold]
     out: dict[str, float] = {}
     for name, res in (("teacher", teacher), ("student_base", base), ("student", student)):
-        out[f"{name}_accuracy"] = M.accuracy(y, res["pred"])
-        out[f"{name}_macro_f1"] = M.macro_f1(y, res["pred"], labels)
-        for lab, rec in M.per_class_recall(y, res["pred"], labels).items():
-            out[f"{name}_recall_{lab}"] = rec
+        out |= {f"{name}_{k}": v for k, v in score(y, res["pred"], labels).items()}
         for key in ("rows_per_s", "latency_ms", "params", "size_mb"):
             if key in res:
                 out[f"{name}_{key}"] = float(res[key])

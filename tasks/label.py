@@ -1,8 +1,8 @@
 """Step 2: label rows with the teacher, for any kind, in resumable shards.
 
 Two layers of reuse: the Prefect result cache returns a finished labeling at once (same rows, teacher,
-prompt and kind settings); below it, `potstill.labeling.shards` writes every finished shard to a run folder under
-the cache, so a run killed mid-way (OOM, preemption, Ctrl-C) resumes from its finished shards instead of
+prompt and kind settings); below it, `potstill.labeling.shards` writes every finished shard to a run folder
+under the cache, so a run killed mid-way (OOM, preemption, Ctrl-C) resumes from its finished shards instead of
 starting over, and never labels a row twice.
 
 Teacher signals (`teacher.store_signals`: top-k log-probabilities per answer token, for every kind) are
@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 
 from potstill.config import TeacherConfig
 from potstill.kinds import GENERATIVE_KINDS, KindSpec, RationaleSpec, label_rows
+from potstill.labeling.shards import DEFAULT_SHARD_ROWS, label_sharded, rows_digest, run_folder
+from potstill.labeling.signals import DEFAULT_TOP_K
 from potstill.models import (
     count_parameters,
     default_cache_dir,
@@ -35,8 +37,6 @@ from potstill.models import (
     weights_location,
 )
 from potstill.prompts import PromptTemplate
-from potstill.labeling.shards import DEFAULT_SHARD_ROWS, label_sharded, rows_digest, run_folder
-from potstill.labeling.signals import DEFAULT_TOP_K
 
 
 def _teacher_identity(spec: str) -> str:

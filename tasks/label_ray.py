@@ -2,8 +2,8 @@
 through prefect-ray's `RayTaskRunner`, so each shard is a task run in the Prefect UI (`label_shard-<i>`,
 under `label_with_teacher`), and Ray spreads them over its workers, one teacher replica per worker.
 
-The shard plan and files are the local path's (`potstill.labeling.shards`): the driver opens the run folder and
-its manifest, submits only unfinished shards, and merges, so a run resumes across executors and a shard
+The shard plan and files are the local path's (`potstill.labeling.shards`): the driver opens the run folder
+and its manifest, submits only unfinished shards, and merges, so a run resumes across executors and a shard
 is never labeled twice into the folder. A worker killed mid-shard (SIGKILL, OOM, preemption) makes Ray
 re-run the task body (`max_retries`); the re-run finds either nothing (the commit is an atomic rename) or
 the finished shard, which it returns without labeling again.
@@ -30,9 +30,16 @@ from prefect.exceptions import MissingContextError
 from prefect.settings import get_current_settings
 
 from potstill.config import TeacherConfig
-from potstill.models import count_parameters, folder_size_bytes, weights_location
-from potstill.labeling.ray_shards import LabelFn, ShardOutcome, init_kwargs, label_shard, replica, resolve_address
+from potstill.labeling.ray_shards import (
+    LabelFn,
+    ShardOutcome,
+    init_kwargs,
+    label_shard,
+    replica,
+    resolve_address,
+)
 from potstill.labeling.shards import DEFAULT_SHARD_ROWS, ShardError, ShardResult, ShardRun
+from potstill.models import count_parameters, folder_size_bytes, weights_location
 
 RAY_TASK_RETRIES = 3  # Ray re-runs a shard whose worker died this many times before the run fails
 _CONNECTED: list[str | None] = []  # the address this module connected Ray to (empty: not connected)
@@ -89,7 +96,8 @@ def label_shard_task(
     signals_top_k: int | None = None,
     before_commit: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Label one shard on this Ray worker's teacher replica and commit it (see potstill.labeling.ray_shards)."""
+    """Label one shard on this Ray worker's teacher replica and commit it (see
+    potstill.labeling.ray_shards)."""
     outcome = label_shard(Path(folder), index, rows, cfg, label_fn, signals_top_k, before_commit)
     get_run_logger().info(
         "shard %d: %d rows in %.2fs on pid %d@%s%s",

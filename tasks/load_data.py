@@ -82,7 +82,8 @@ def load_data(
         problems = [p for t in templates or [] for p in check_template(t, columns)]
         if problems:
             raise DataValidationError(
-                f"task {spec.name!r}: " + "\n".join(str(p) for p in problems)
+                f"task {spec.name!r}: "
+                + "\n".join(str(p) for p in problems)
                 + f"\n(the task's templates are listed in catalog/tasks/{spec.name}.yaml)"
             )
     digests = {name: catalog.digest(name) for name in which}
@@ -92,9 +93,7 @@ def load_data(
         # MLflow registers its local-file source class twice and warns that a path is ambiguous.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
         for name, result in read.items():
-            ds = mlflow.data.from_pandas(
-                pd.DataFrame(result.rows), source=str(catalog.file(name)), name=name
-            )
+            ds = mlflow.data.from_pandas(pd.DataFrame(result.rows), source=str(catalog.file(name)), name=name)
             mlflow.log_input(
                 ds,
                 context=contexts[name],

@@ -1,5 +1,6 @@
 """Drift monitor steps: the reference window, the drift report, its MLflow record, the monitor state and
-the retrain trigger. Thin: the statistics live in potstill.operations.drift, the decisions in potstill.operations.monitoring.
+the retrain trigger. Thin: the statistics live in potstill.operations.drift, the decisions in
+potstill.operations.monitoring.
 
 The trigger is its own task so that the decision (pure, logged) and the side effect (a deployment run,
 a subflow, or nothing) can be told apart in the Prefect UI and retried separately.
@@ -20,8 +21,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-from potstill.data.catalog import Catalog, CatalogError
 from potstill.config import MonitorConfig
+from potstill.data.catalog import Catalog, CatalogError
 from potstill.operations.drift import Disagreement, DriftReport, DriftSample, drift_report
 from potstill.operations.monitoring import (
     RetrainDecision,
@@ -34,7 +35,6 @@ from potstill.operations.monitoring import (
 )
 from tasks.predict import ServedModel, predict_rows
 from tasks.tracking import log_json, log_metrics
-
 
 
 @dataclass(frozen=True)
@@ -173,9 +173,7 @@ def trigger_retrain(
     if mode == "deployment":
         from prefect.deployments import run_deployment
 
-        flow_run = run_deployment(
-            name=deployment, parameters={"batch": batch, "project": project}, timeout=0
-        )
+        flow_run = run_deployment(name=deployment, parameters={"batch": batch, "project": project}, timeout=0)
         logger.info("retrain triggered: deployment %s, flow run %s", deployment, flow_run.id)
         return {"triggered": True, "mode": mode, "flow_run_id": str(flow_run.id), "deployment": deployment}
     logger.info("retrain decided but trigger is `%s`: %s", mode, "; ".join(decision.reasons))

@@ -22,9 +22,9 @@ from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from potstill.training.classifier import Classifier
 from potstill.config import RunConfig
 from potstill.data.tasks import RegistryTarget
+from potstill.models import default_cache_dir
 from potstill.operations.gate import (
     GateConfig,
     ModelScores,
@@ -33,7 +33,7 @@ from potstill.operations.gate import (
     decide_promotion,
     rollback_plan,
 )
-from potstill.models import default_cache_dir
+from potstill.training.classifier import Classifier
 from tasks.tracking import log_json, resumed
 
 

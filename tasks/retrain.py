@@ -1,7 +1,7 @@
 """Retrain steps: read an incoming batch, fetch the champion, build the next train_set, score a slice.
 
-Thin: the merge rule lives in `potstill.operations.retrain`, metrics in `potstill.metrics`; these tasks read and
-write catalog entries and MLflow.
+Thin: the merge rule lives in `potstill.operations.retrain`, metrics in `potstill.metrics`; these tasks read
+and write catalog entries and MLflow.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from potstill import metrics as M
 from potstill.data.catalog import Catalog, CatalogError
 from potstill.operations.retrain import (
     continuation_rows,
@@ -25,6 +24,7 @@ from potstill.operations.retrain import (
     merge_train_sets,
     train_set_version,
 )
+from tasks.evaluate import student_score
 from tasks.tracking import log_json, log_metrics, resumed
 
 
@@ -137,16 +137,15 @@ def evaluate_slice(
     after: dict[str, Any],
     run_id: str,
     prefix: str = "new_slice_",
+    kind: str = "classification",
 ) -> dict[str, float]:
     """Accuracy, macro-F1 and per-label recall of the champion (`before`) and the retrained student
     (`after`) on rows with a gold label, e.g. `new_slice_before_accuracy` / `new_slice_after_accuracy`."""
     y = [r["label"] for r in rows]
     out: dict[str, float] = {f"{prefix}rows": float(len(rows))}
+    score = student_score(kind)
     for name, res in (("before", before), ("after", after)):
-        out[f"{prefix}{name}_accuracy"] = M.accuracy(y, res["pred"])
-        out[f"{prefix}{name}_macro_f1"] = M.macro_f1(y, res["pred"], labels)
-        for lab, rec in M.per_class_recall(y, res["pred"], labels).items():
-            out[f"{prefix}{name}_recall_{lab}"] = rec
+        out |= {f"{prefix}{name}_{k}": v for k, v in score(y, res["pred"], labels).items()}
     log_metrics(run_id, out)
     log_json(
         run_id,

@@ -15,8 +15,8 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from potstill.data.catalog import Catalog
 from potstill.config import ReviewConfig
+from potstill.data.catalog import Catalog
 from potstill.review import (
     ReviewClient,
     ReviewProjectSpec,

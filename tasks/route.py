@@ -8,8 +8,8 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from potstill.data.catalog import Catalog
 from potstill.config import RouteConfig
+from potstill.data.catalog import Catalog
 from potstill.review.routing import build_policies, merge_verdicts, route_with
 from tasks.tracking import log_json, log_metrics
 

@@ -7,8 +7,10 @@ flow's MLflow run is opened, tagged, given its config and closed (FINISHED, or F
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +20,10 @@ from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
+
+from potstill.config import RunConfig
+from potstill.data.versioning import file_lock
+from potstill.models import REGISTRY_PREFIX, ModelSourceError, default_cache_dir, parse_registered
 
 # What the user exported, read before anything here calls `mlflow.set_tracking_uri`, which writes the
 # same environment variable (so a second project in one process would otherwise inherit the first's).
@@ -31,11 +37,27 @@ def tracking_uri(root: Path) -> str:
 
 
 def configure(root: Path) -> MlflowClient:
+    """Point MLflow at the project's stores. A new SQLite store is created (its schema migrated) under a
+    file lock: two runs starting at once on a fresh project would otherwise both migrate it, and one fails
+    with "table ... already exists"."""
     (root / "mlruns").mkdir(exist_ok=True)
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(_USER_REGISTRY_URI or uri)
-    return MlflowClient()
+    client = MlflowClient()
+    if uri.startswith("sqlite:") and _uri_key(uri) not in _READY:
+        with file_lock(root / "mlruns" / ".store.lock"):
+            client.search_experiments(max_results=1)  # creates and migrates the tracking store
+            client.search_registered_models(max_results=1)  # and the registry (the same database)
+        _READY.add(_uri_key(uri))
+    return client
+
+
+_READY: set[str] = set()  # SQLite stores this process has seen created
+
+
+def _uri_key(uri: str) -> str:
+    return f"{uri}|{mlflow.get_registry_uri()}"
 
 
 def experiment_name(configured: str | None, task: str) -> str:
@@ -117,3 +139,59 @@ def log_rows(run_id: str, rows: list[dict[str, Any]], artifact_file: str) -> Non
         path = Path(tmp) / Path(artifact_file).name
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         log_file(run_id, path, str(Path(artifact_file).parent) if "/" in artifact_file else None)
+
+
+# ---- registered models as teacher or student sources (`teacher.model: models:/<name>@<alias>`)
+
+
+def registered_model_folder(spec: str, cache_dir: Path | None = None) -> Path:
+    """The files of a model version registered in MLflow (the tracking/registry URI in effect, e.g. the
+    project's store once `tasks.tracking.configure` ran), downloaded once into `<cache>/registry/`.
+
+    The version must hold a plain transformers folder (config.json at its root), as
+    `benchmarks/tuned_teacher.register_teacher` logs it. The cache key includes the version's source URI,
+    so version 1 of two different stores never share a folder."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    name, alias, version = parse_registered(spec)
+    client = MlflowClient()
+    try:
+        mv = (
+            client.get_model_version_by_alias(name, alias)
+            if alias
+            else client.get_model_version(name, version)
+        )
+    except MlflowException as exc:
+        raise ModelSourceError(
+            f"{spec}: not in the model registry at {client._registry_uri}: {exc}"
+        ) from None
+    key = hashlib.sha256(f"{mv.source}|{mv.run_id}".encode()).hexdigest()[:12]
+    folder = (cache_dir or default_cache_dir()) / "registry" / f"{name}-v{mv.version}-{key}"
+    if (folder / "config.json").exists():
+        return folder
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    local = Path(download_artifacts(artifact_uri=mv.source, dst_path=str(tmp)))
+    if not (local / "config.json").exists():
+        raise ModelSourceError(f"{spec}: version {mv.version} ({mv.source}) holds no transformers folder")
+    shutil.rmtree(folder, ignore_errors=True)
+    local.rename(folder)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def resolve_registered(cfg: RunConfig) -> RunConfig:
+    """The run config with `models:/...` teacher and student sources replaced by their downloaded folders
+    (the library loads paths only); everything else as it was."""
+    update: dict[str, Any] = {}
+    if cfg.teacher.model.startswith(REGISTRY_PREFIX):
+        update["teacher"] = cfg.teacher.model_copy(
+            update={"model": str(registered_model_folder(cfg.teacher.model))}
+        )
+    if cfg.student.model.startswith(REGISTRY_PREFIX):
+        update["student"] = cfg.student.model_copy(
+            update={"model": str(registered_model_folder(cfg.student.model))}
+        )
+    return cfg.model_copy(update=update) if update else cfg

@@ -11,18 +11,19 @@ from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from potstill.training.classifier import Classifier
 from potstill.config import RunConfig
+from potstill.models import default_cache_dir, load_model
+from potstill.prompts import PromptTemplate
+from potstill.training.classifier import Classifier
 from potstill.training.launch import launch_training
 from potstill.training.methods import DistillInputs
 from potstill.training.methods import train as distill_student
-from potstill.models import default_cache_dir, load_model
-from potstill.prompts import PromptTemplate
 from potstill.training.student import prune_layers
 from tasks.tracking import log_metrics
 
 # Logged per logging step as `train_<key>`: the trainer's own numbers, tokens/s and the loss parts of the
-# distillation method (kd_loss, ce_loss, hidden_loss, rationale_loss; see potstill/training/methods/common.py).
+# distillation method (kd_loss, ce_loss, hidden_loss, rationale_loss; see
+# potstill/training/methods/common.py).
 TRAIN_LOG_KEYS = ("loss", "grad_norm", "learning_rate", "tokens_per_s")
 
 
@@ -63,7 +64,8 @@ def train_student(
             log_metrics(run_id, keep, step)
 
     if cfg.student.num_processes > 1:
-        # N ranks under `accelerate launch` (potstill/training/launch.py); rank 0 saves the student into `folder`
+        # N ranks under `accelerate launch` (potstill/training/launch.py); rank 0 saves the student into
+        # `folder`
         result = launch_training(
             base,
             train_rows,

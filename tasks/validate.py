@@ -112,8 +112,9 @@ def validate_dataset(
         reasons = list(decision.reasons)
         if entry.task and "label.in_set" in summary["failed_checks"] and entry.role == "gold_eval":
             reasons.append(
-                f"the file's label values are not the task's labels {entry.labels}: map them with `label_map:` "
-                f"in catalog/tasks/{entry.task}.yaml (or --label-map VALUE=LABEL,... with `potstill task new`)"
+                f"the file's label values are not the task's labels {entry.labels}: map them with "
+                f"`label_map:` in catalog/tasks/{entry.task}.yaml (or --label-map VALUE=LABEL,... with "
+                "`potstill task new`)"
             )
         logger.error("validation of %s stopped the run:\n%s", name, "\n".join(reasons))
         raise DataValidationError("\n".join(reasons))

@@ -312,9 +312,26 @@ def declare_args(name: str, files: dict[str, Path]) -> list[str]:
     """`potstill task new ...` for the user files: classification (0/1 labels) or NLI (own column names)."""
     common = ["task", "new", name, "--prompts", str(files["prompts"]), "--gold", str(files["gold"])]
     if files["prompts"].suffix == ".csv":
-        return [*common, "--kind", "classification", "--labels", "negative,positive", "--column",
-                "text=sentence", "--column", "label=polarity", "--label-map", "0=negative,1=positive"]  # fmt: skip
-    return [*common, "--kind", "nli", "--column", "premise=sentence1,hypothesis=sentence2,id=pair_id,label=gold"]
+        return [
+            *common,
+            "--kind",
+            "classification",
+            "--labels",
+            "negative,positive",
+            "--column",
+            "text=sentence",
+            "--column",
+            "label=polarity",
+            "--label-map",
+            "0=negative,1=positive",
+        ]
+    return [
+        *common,
+        "--kind",
+        "nli",
+        "--column",
+        "premise=sentence1,hypothesis=sentence2,id=pair_id,label=gold",
+    ]
 
 
 def tiny_overrides(tiny_model_dir: Path, prompts: int = 64, gold: int = 32) -> list[str]:

@@ -16,8 +16,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import tasks.register as register
-from potstill.data.catalog import Catalog
 from potstill.config import validate
+from potstill.data.catalog import Catalog
 from potstill.data.tasks import RegistryTarget
 from potstill.data.versioning import DvcStore, retry_on_dvc_lock
 from tasks.tracking import configure

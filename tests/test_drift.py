@@ -19,7 +19,12 @@ from potstill.operations.drift import (
     label_chi2,
     psi,
 )
-from potstill.operations.input_drift import domain_classifier_auc, median_bandwidth, mmd2_unbiased, mmd_permutation_test
+from potstill.operations.input_drift import (
+    domain_classifier_auc,
+    median_bandwidth,
+    mmd2_unbiased,
+    mmd_permutation_test,
+)
 
 # --- PSI ------------------------------------------------------------------------------------------
 

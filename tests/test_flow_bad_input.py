@@ -8,11 +8,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from flows.distill import distill
-from potstill.data.catalog import Catalog
 from potstill.config import CatalogConfig
+from potstill.data.catalog import Catalog
 from potstill.data.demo import build_demo
-from potstill.models import default_cache_dir
 from potstill.data.validation import DataValidationError
+from potstill.models import default_cache_dir
 
 BIG = "x" * 1_000_000
 
@@ -63,7 +63,10 @@ def test_bad_rows_are_quarantined_and_the_run_goes_on(prefect_api, project, tiny
     assert run.data.metrics["validation_prompts_quarantined_rows"] == len(quarantine)
     assert run.data.metrics["validation_prompts_passed"] == 0.0
     labeled_ids = {
-        r["id"] for r in Catalog.from_file(project / "catalog/catalog.yaml").for_task("polarity").load("teacher_labels")
+        r["id"]
+        for r in Catalog.from_file(project / "catalog/catalog.yaml")
+        .for_task("polarity")
+        .load("teacher_labels")
     }
     assert "huge" not in labeled_ids and len(labeled_ids) == summary["rows_labeled"]
 
@@ -76,6 +79,7 @@ def test_too_many_bad_rows_stop_the_run_with_file_row_and_field(prefect_api, pro
     message = str(err.value)
     assert "prompts.jsonl" in message and "row" in message
     runs = MlflowClient().search_runs(
-        [MlflowClient().get_experiment_by_name("potstill-polarity").experiment_id], order_by=["start_time DESC"]
+        [MlflowClient().get_experiment_by_name("potstill-polarity").experiment_id],
+        order_by=["start_time DESC"],
     )
     assert runs[0].info.status == "FAILED"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from potstill.data.catalog import Catalog
 from benchmarks.support.importers import import_shared, read_source
+from potstill.data.catalog import Catalog
 from potstill.kinds import (
     KindSpec,
     choice_options,
@@ -22,8 +22,8 @@ from potstill.kinds import (
     routing_confidence,
     text_confidence,
 )
-from potstill.prompts import PromptTemplate
 from potstill.labeling.teacher.base import Generation, SamplingSpec, TokenLogprobs
+from potstill.prompts import PromptTemplate
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

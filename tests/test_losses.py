@@ -1,8 +1,8 @@
 """Distillation losses pinned against naive references written straight from the definitions.
 
 The references use Python floats (double precision) and loops over tiny shapes, sharing no code with
-`potstill.training.losses`: softmax, the k+1 buckets of a sparse signal, the divergences, the T² factor, the mean over
-positions and the cross-entropy are all spelled out again here.
+`potstill.training.losses`: softmax, the k+1 buckets of a sparse signal, the divergences, the T² factor, the
+mean over positions and the cross-entropy are all spelled out again here.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
-"""Distillation methods (potstill/training/methods/): each trains a real tiny student (the conftest Llama with the real
+"""Distillation methods (potstill/training/methods/): each trains a real tiny student (the conftest Llama
+with the real
 SmolLM2 tokenizer) from a real tiny teacher, through its TRL trainer subclass, and moves the student toward
 the teacher; logit_online's loss is pinned against a naive full-logit reference; vocabulary checks, LoRA
 merging, the step-by-step inference prompt and config validation; and one run of the real distill flow."""
 
 from __future__ import annotations
 
-import shutil
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,6 @@ from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 from trl import DistillationTrainer, SFTTrainer
 
-from potstill.training.classifier import Classifier
 from potstill.config import (
     ConfigError,
     ConfigMovedWarning,
@@ -27,6 +27,8 @@ from potstill.config import (
     load_config,
     validate,
 )
+from potstill.prompts import PromptTemplate
+from potstill.training.classifier import Classifier
 from potstill.training.methods import DistillInputs, check_vocab, train
 from potstill.training.methods.hidden_states import default_layer_map
 from potstill.training.methods.hidden_states import make_trainer as hidden_trainer
@@ -34,7 +36,6 @@ from potstill.training.methods.logit_online import make_trainer as online_traine
 from potstill.training.methods.on_policy import make_trainer as on_policy_trainer
 from potstill.training.methods.step_by_step import RATIONALE_PREFIX
 from potstill.training.methods.step_by_step import make_trainer as sbs_trainer
-from potstill.prompts import PromptTemplate
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDENT_PROMPT = PromptTemplate("student", "Review: {text}\nSentiment:")
@@ -275,7 +276,13 @@ def test_on_policy_is_trl_distillation_trainer_and_moves_toward_teacher(
 
 def test_lora_saves_a_merged_plain_model(tiny_model_dir, tokenizer, teacher_dir, tmp_path):
     inputs = _inputs(
-        tiny_model_dir, tokenizer, teacher_dir, tmp_path, method="logit_online", steps=3, lora={"enabled": True, "r": 4}
+        tiny_model_dir,
+        tokenizer,
+        teacher_dir,
+        tmp_path,
+        method="logit_online",
+        steps=3,
+        lora={"enabled": True, "r": 4},
     )
     original = {k: v.clone() for k, v in inputs.model.state_dict().items()}
     result = train(inputs)
@@ -344,7 +351,9 @@ def test_distill_config_validation(distill: dict[str, Any], message: str):
 
 def test_params_yaml_distill_section_is_the_default():
     assert load_config(ROOT / "params.yaml").distill == DistillConfig()
-    layer_map = validate({"distill": {"hidden_states": {"layer_map": [[0, 0], [1, 3]]}}}).distill.hidden_states
+    layer_map = validate(
+        {"distill": {"hidden_states": {"layer_map": [[0, 0], [1, 3]]}}}
+    ).distill.hidden_states
     assert layer_map.layer_map == [(0, 0), (1, 3)]
 
 
@@ -381,15 +390,22 @@ def test_keys_that_moved_into_the_task_stop_naming_their_place(old: dict[str, An
 def test_backend_sections_reach_the_backend():
     cfg = validate(
         {"teacher": {"backend": "vllm", "store_signals": True, "top_logprobs": 20,
-                     "vllm": {"tensor_parallel_size": 2, "max_model_len": 4096, "gpu_memory_utilization": 0.8}}}
+                     "vllm": {"tensor_parallel_size": 2, "max_model_len": 4096, "gpu_memory_utilization":
+                     0.8}}}
     )  # fmt: skip
     settings = cfg.teacher.backend_settings()
     assert settings["backend"] == "vllm" and settings["max_logprobs"] == 20  # raised to top_logprobs
-    assert settings["engine"] == {"tensor_parallel_size": 2, "max_model_len": 4096, "gpu_memory_utilization": 0.8}
-    with pytest.raises(ConfigError, match="teacher.openai.base_url"):
+    assert settings["engine"] == {
+        "tensor_parallel_size": 2,
+        "max_model_len": 4096,
+        "gpu_memory_utilization": 0.8,
+    }
+    with pytest.raises(ConfigError, match=r"teacher\.openai\.base_url"):
         validate({"teacher": {"backend": "openai"}})
     with pytest.warns(ConfigMovedWarning):
-        old = validate({"teacher": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "batch_size": 4}})
+        old = validate(
+            {"teacher": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "batch_size": 4}}
+        )
     assert old.teacher.openai.base_url == "http://127.0.0.1:9/v1" and old.teacher.transformers.batch_size == 4
 
 

@@ -17,7 +17,13 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from potstill.operations.drift import DriftCheck, DriftReport
-from potstill.operations.monitoring import RetrainDecision, decide_retrain, new_batches, record_batch, seeded_sample
+from potstill.operations.monitoring import (
+    RetrainDecision,
+    decide_retrain,
+    new_batches,
+    record_batch,
+    seeded_sample,
+)
 
 SHARED = Path("/work/shared/data")
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -116,8 +122,8 @@ def _params(project: Path, tiny_model_dir: Path) -> dict[str, Any]:
 def test_monitor_drift_flow(prefect_api, project: Path, tiny_model_dir: Path, capsys):
     from flows.distill import distill
     from flows.monitor_drift import monitor_drift
-    from potstill.data.catalog import Catalog
     from potstill.cli import main
+    from potstill.data.catalog import Catalog
 
     params = _params(project, tiny_model_dir)
     trained = distill(params=params, project=str(project))
@@ -192,8 +198,8 @@ def test_monitor_drift_flow(prefect_api, project: Path, tiny_model_dir: Path, ca
 
 
 def test_deployment_trigger_starts_one_retrain_run_without_waiting(prefect_api):
-    """`trigger: deployment` creates a flow run of the task's retrain deployment with the batch and project and
-    returns at once (timeout=0): no worker has to pick it up for the monitor to go on."""
+    """`trigger: deployment` creates a flow run of the task's retrain deployment with the batch and project
+    and returns at once (timeout=0): no worker has to pick it up for the monitor to go on."""
     from prefect.client.orchestration import get_client
 
     from tasks.monitor import retrain_deployment, trigger_retrain
@@ -203,7 +209,9 @@ def test_deployment_trigger_starts_one_retrain_run_without_waiting(prefect_api):
     with get_client(sync_client=True) as client:
         flow_id = client.create_flow_from_name("retrain")
         deployment_id = client.create_deployment(flow_id=flow_id, name="polarity-retrain-on-drift")
-        fired = trigger_retrain(RetrainDecision(True, ["drift"]), "deployment", "v7", "/srv/potstill", deployment)
+        fired = trigger_retrain(
+            RetrainDecision(True, ["drift"]), "deployment", "v7", "/srv/potstill", deployment
+        )
         assert fired["triggered"] and fired["mode"] == "deployment"
         run = client.read_flow_run(fired["flow_run_id"])
         assert run.deployment_id == deployment_id

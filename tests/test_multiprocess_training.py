@@ -27,12 +27,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from potstill.training.classifier import Classifier
 from potstill.config import RunConfig, load_config
-from potstill.training.launch import LaunchError, launch_training, per_device_batch
-from potstill.training.methods import DistillInputs, TrainResult, train
 from potstill.models import load_model
 from potstill.prompts import PromptTemplate
+from potstill.training.classifier import Classifier
+from potstill.training.launch import LaunchError, launch_training, per_device_batch
+from potstill.training.methods import DistillInputs, TrainResult, train
 from tests.conftest import CACHE, ROOT, build_tiny_llama
 
 PROMPT = PromptTemplate("sentiment", "Say if the review is positive or negative.\nReview: {text}\nAnswer:")

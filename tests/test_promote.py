@@ -78,7 +78,9 @@ def test_gate_passes_and_budget_fails(registry) -> None:
     v2 = _version(client, 0.75, 0.71, latency=500.0)
     cfg = validate({"promotion": {"min_improvement": 0.01, "max_latency_ms": 100}})
     metrics = dict(client.get_run(client.get_model_version(NAME, v2).run_id).data.metrics)
-    decision = judge(client, cfg, metrics, client.get_model_version_by_alias(NAME, "champion"), "student_accuracy")
+    decision = judge(
+        client, cfg, metrics, client.get_model_version_by_alias(NAME, "champion"), "student_accuracy"
+    )
     assert not decision.promote and [c.name for c in decision.failed] == ["latency"]
     ok, applied = promote_version(validate({"promotion": {"min_improvement": 0.01}}), TARGET, v2)
     assert ok.promote and applied

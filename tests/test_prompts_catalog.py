@@ -1,8 +1,8 @@
 import pytest
 
 from potstill.data.catalog import Catalog, CatalogError
-from potstill.prompts import PromptError, PromptTemplate
 from potstill.data.versioning import VersionError
+from potstill.prompts import PromptError, PromptTemplate
 
 
 def test_template_split_render_and_digest():

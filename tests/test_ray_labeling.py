@@ -26,10 +26,10 @@ import pytest
 
 from potstill.config import TeacherConfig
 from potstill.kinds import KindSpec, label_rows
-from potstill.prompts import PromptTemplate
 from potstill.labeling.ray_shards import LocalRayHead, is_loopback, resolve_address
 from potstill.labeling.shards import label_sharded
 from potstill.labeling.teacher.transformers_backend import TransformersBackend
+from potstill.prompts import PromptTemplate
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_SH = ROOT / "infra" / "prefect" / "server.sh"

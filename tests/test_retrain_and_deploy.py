@@ -119,14 +119,19 @@ def test_deploy_serves_scheduled_runs_and_stops_on_sigterm(on_server: str, tmp_p
                 assert proc.poll() is None, (tmp_path / "deploy.log").read_text()[-3000:]
                 time.sleep(1)
             assert len(deployments) == 4, sorted(deployments)
-            assert not deployments["retrain/polarity-retrain-on-drift"].schedules  # started by the monitor only
+            assert not deployments[
+                "retrain/polarity-retrain-on-drift"
+            ].schedules  # started by the monitor only
             crons = [s.schedule.cron for s in deployments["distill/polarity-distill-nightly"].schedules]
             assert crons == ["0 2 * * *"]
             assert deployments["distill/polarity-distill-nightly"].parameters["project"] == str(project)
             assert deployments["distill/polarity-distill-nightly"].parameters["params"]["task"] == "polarity"
             finals: dict[str, str] = {}
             while time.monotonic() < deadline and len(finals) < 2:
-                for key in ("monitor_drift/polarity-monitor-drift-hourly", "review_sync/polarity-review-sync"):
+                for key in (
+                    "monitor_drift/polarity-monitor-drift-hourly",
+                    "review_sync/polarity-review-sync",
+                ):
                     for run in _flow_runs(client, deployments[key].id):
                         if run.state and run.state.is_final():
                             finals[key] = run.state.type.value

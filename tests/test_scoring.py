@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from potstill.prompts import PromptTemplate, label_completion
 from potstill.labeling.scoring import label_token_ids, score_labels
+from potstill.prompts import PromptTemplate, label_completion
 
 TEMPLATE = PromptTemplate(
     "t",

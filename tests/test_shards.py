@@ -15,10 +15,17 @@ import numpy as np
 import pytest
 
 from potstill.kinds import KindSpec, Labeled, label_rows
-from potstill.prompts import PromptTemplate
-from potstill.labeling.shards import ShardError, ShardRun, atomic_write_text, label_sharded, rows_digest, run_folder
+from potstill.labeling.shards import (
+    ShardError,
+    ShardRun,
+    atomic_write_text,
+    label_sharded,
+    rows_digest,
+    run_folder,
+)
 from potstill.labeling.signals import from_tokens, read_signals, tail_mass, write_signals
 from potstill.labeling.teacher.base import TokenLogprobs
+from potstill.prompts import PromptTemplate
 
 ROOT = Path(__file__).resolve().parents[1]
 NLI_PROMPT = "Decide.\nPremise: {premise}\nHypothesis: {hypothesis}\nAnswer:"

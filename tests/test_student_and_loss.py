@@ -3,10 +3,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from potstill.training.classifier import Classifier
 from potstill.prompts import PromptTemplate
-from potstill.training.student import prune_layers
+from potstill.training.classifier import Classifier
 from potstill.training.methods.sft import label_only_loss
+from potstill.training.student import prune_layers
 
 IDS = torch.tensor([[5, 900, 33, 4021, 17, 250, 3]])
 

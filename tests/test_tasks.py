@@ -73,7 +73,9 @@ def test_nli_labels_default_and_names_are_derived():
 
 def test_user_files_are_read_in_their_format_with_their_columns(user_files):
     reviews, pairs = user_files["reviews"], user_files["pairs"]
-    mapping = ColumnMap.of({"text": "sentence", "label": "polarity"}, {"0": "negative", "1": "positive"}, "gold-")
+    mapping = ColumnMap.of(
+        {"text": "sentence", "label": "polarity"}, {"0": "negative", "1": "positive"}, "gold-"
+    )
     gold = read_rows(reviews["gold"], "csv", ["id", "text", "label"], mapping)
     assert not gold.problems and len(gold.rows) == 48
     assert gold.rows[0]["id"] == "gold-1" and {r["label"] for r in gold.rows} == {"negative", "positive"}
@@ -147,7 +149,9 @@ def test_a_missing_file_stops_the_run_naming_it_and_the_other_file_is_untouched(
     assert not (project / "catalog/data/polarity").exists()
     # The file comes back from its version, as the message says.
     assert main(["--project", str(project), "catalog", "checkout", "--task", "reviews", "gold@v1"]) == 0
-    assert (project / "catalog/data/reviews/gold.csv").read_bytes() == user_files["reviews"]["gold"].read_bytes()
+    assert (project / "catalog/data/reviews/gold.csv").read_bytes() == user_files["reviews"][
+        "gold"
+    ].read_bytes()
 
 
 def test_an_unknown_task_is_one_line_and_exit_2(project: Path, capsys):
@@ -214,9 +218,7 @@ def test_two_declared_tasks_and_the_demo_live_in_one_project(
         assert train and {r["label"] for r in train} <= labels
         gold_ids = {r["id"] for r in catalog.load("gold")}
         assert not {r["id"] for r in train} & gold_ids
-        assert champion.tags["lineage.data.gold"] == (
-            f"v1 md5:{catalog.current_version('gold').md5}"
-        )
+        assert champion.tags["lineage.data.gold"] == (f"v1 md5:{catalog.current_version('gold').md5}")
         assert not list((project / f"catalog/data/{name}/runs").glob("*"))  # run folders removed
     pairs_model = mlflow.pyfunc.load_model("models:/pairs-student@champion")
     pred = pairs_model.predict(pd.DataFrame({"premise": ["A sad film."], "hypothesis": ["It was sad."]}))
@@ -260,9 +262,22 @@ def test_two_concurrent_runs_register_their_own_weights(
     layouts = {"1": "[0]", "3": "[0, 1, 3]"}
     procs = {
         n: subprocess.Popen(
-            [POTSTILL, "--project", str(project), "run", "--task", "reviews", *base, "-o", f"student.layers={lay}"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            [
+                POTSTILL,
+                "--project",
+                str(project),
+                "run",
+                "--task",
+                "reviews",
+                *base,
+                "-o",
+                f"student.layers={lay}",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for n, lay in layouts.items()
     }
     for n, proc in procs.items():
@@ -281,7 +296,8 @@ def test_two_concurrent_runs_register_their_own_weights(
         assert mv.tags["lineage.mlflow_run"] == mv.run_id
         local = Path(
             mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/reviews-student/{mv.version}", dst_path=str(project / "dl" / str(mv.version)),
+                artifact_uri=f"models:/reviews-student/{mv.version}", dst_path=str(project / "dl" /
+                str(mv.version)),
             )
         )  # fmt: skip
         config = json.loads(next(local.rglob("config.json")).read_text())
@@ -290,3 +306,14 @@ def test_two_concurrent_runs_register_their_own_weights(
         seen.add(len(layers))
     assert seen == {1, 3}
     assert not list((project / "catalog/data/reviews/runs").glob("*"))  # each run removed its own folder
+
+
+def test_a_kind_without_a_student_says_so_before_labeling():
+    from flows.pipeline import require_student
+
+    spec = TaskSpec.model_validate(_spec(name="sums", kind="math", labels=[]))
+    with pytest.raises(
+        TaskError, match=r"kind math: students of this kind are not built yet.*step label --task sums"
+    ):
+        require_student(spec)
+    require_student(TaskSpec.model_validate(_spec(name="ok")))  # classification: fine

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from potstill.data.catalog import Catalog
-from potstill.training.classifier import Classifier
 from potstill.models import ModelSourceError, load_model, resolve_source
+from potstill.training.classifier import Classifier
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def test_packaged_teacher_loads_and_labels(smollm_folder):
     teacher = Classifier(
         model,
         tokenizer,
-        Catalog.from_file(ROOT / "catalog/catalog.yaml").prompt("teacher_prompt"),
+        Catalog.from_file(ROOT / "catalog/catalog.yaml").for_task("polarity").prompt("teacher_prompt"),
         ["negative", "positive"],
     )
     rows = [

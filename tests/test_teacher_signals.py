@@ -18,10 +18,10 @@ from transformers import LlamaForCausalLM
 
 from potstill.config import DistillConfig, StudentConfig, TeacherConfig
 from potstill.kinds import KindSpec, RationaleSpec, label_rows
-from potstill.prompts import PromptTemplate, label_completion
 from potstill.labeling.shards import ShardRun, label_sharded
 from potstill.labeling.signals import load_signals, read_signals, signal_key, tail_mass
 from potstill.labeling.teacher.transformers_backend import TransformersBackend
+from potstill.prompts import PromptTemplate, label_completion
 from tests.conftest import CACHE, build_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,8 +225,8 @@ def test_label_with_teacher_stores_signals_and_rationales(prefect_api, teacher_d
 def _inputs(student_dir: Path, rows: list[dict], signals_dir: Path | None, out: Path, **distill):
     from transformers import AutoTokenizer
 
-    from potstill.training.methods.inputs import DistillInputs
     from potstill.models import prepare_tokenizer
+    from potstill.training.methods.inputs import DistillInputs
 
     model = LlamaForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
     tok = prepare_tokenizer(AutoTokenizer.from_pretrained(student_dir))

@@ -1,6 +1,6 @@
 """Teacher tuning (benchmarks/support/teacher_tuning.py): the weighted label/explanation loss against a naive
 reference, training lowers it, the saved folder loads, and the registered teacher resolves by
-`models:/<name>@<alias>` through potstill.models."""
+`models:/<name>@<alias>` through tasks.tracking (the library itself loads paths only)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from potstill.models import ModelSourceError, load_model, parse_registered
-from potstill.prompts import PromptTemplate
 from benchmarks.support.teacher_tuning import (
     META_FILE,
     TuningSettings,
@@ -25,6 +23,9 @@ from benchmarks.support.teacher_tuning import (
     tune_teacher,
     weighted_completion_loss,
 )
+from potstill.models import ModelSourceError, load_model, parse_registered
+from potstill.prompts import PromptTemplate
+from tasks.tracking import registered_model_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = PromptTemplate("t", "Premise: {premise}\nHypothesis: {hypothesis}\nAnswer:")
@@ -145,7 +146,7 @@ def test_tuning_lowers_loss_saves_loads_and_registers(tiny_model_dir, tokenizer,
     spec = tuned.register_teacher(folder, project, name="tiny-teacher", alias="teacher")
     assert spec == "models:/tiny-teacher@teacher"
     for ref_spec in (spec, "models:/tiny-teacher/1"):
-        registered, _ = load_model(ref_spec, cache_dir=tmp_path / "cache")
+        registered, _ = load_model(str(registered_model_folder(ref_spec, tmp_path / "cache")))
         with torch.no_grad():
             assert torch.equal(registered(input_ids=batch["input_ids"]).logits, ref)
     assert len(list((tmp_path / "cache" / "registry").iterdir())) == 1  # downloaded once, reused
@@ -155,7 +156,9 @@ def test_tuning_lowers_loss_saves_loads_and_registers(tiny_model_dir, tokenizer,
 
     assert [str(v.version) for v in MlflowClient().search_model_versions("name='tiny-teacher'")] == ["1"]
     with pytest.raises(ModelSourceError, match="not in the model registry"):
-        load_model("models:/tiny-teacher@nope", cache_dir=tmp_path / "cache")
+        registered_model_folder("models:/tiny-teacher@nope", tmp_path / "cache")
+    with pytest.raises(ModelSourceError, match="downloaded by the flows"):  # the library loads paths only
+        load_model(spec)
 
 
 def test_parse_registered_refs():

@@ -1,5 +1,5 @@
-"""The shifted-domain sentiment reader (benchmarks/support/vader_corpus.py) on hand-written ground-truth lines and a
-hand-built sdist with the same nesting as vaderSentiment's (no download)."""
+"""The shifted-domain sentiment reader (benchmarks/support/vader_corpus.py) on hand-written ground-truth
+lines and a hand-built sdist with the same nesting as vaderSentiment's (no download)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,6 @@ from mlflow.tracking import MlflowClient
 from prefect.logging import disable_run_logger
 
 from potstill.data.catalog import Catalog
-from potstill.prompts import PromptTemplate
 from potstill.data.readers import Problem, read_rows
 from potstill.data.validation import (
     DataValidationError,
@@ -29,6 +28,7 @@ from potstill.data.validation import (
     validate_rows,
     validate_training_set,
 )
+from potstill.prompts import PromptTemplate
 from tasks.validate import validate_dataset
 
 LABELS = ["negative", "positive"]
@@ -379,7 +379,9 @@ def test_task_logs_metrics_report_docs_and_quarantine(project: Path, mlflow_run)
         ).read_text()
     )
     assert report["quarantined"][0]["row"] == 5 and report["decision"]["proceed"] is True
-    [line] = (project / "catalog" / "data" / "polarity" / "quarantine" / "gold.jsonl").read_text().splitlines()
+    [line] = (
+        (project / "catalog" / "data" / "polarity" / "quarantine" / "gold.jsonl").read_text().splitlines()
+    )
     saved = json.loads(line)
     assert saved["failures"][0]["message"] == "expected one of ['negative', 'positive'], got 'neutral'"
     assert saved["data"] == rows[4]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from potstill.data.catalog import Catalog
 from potstill.cli import main
 from potstill.config import CatalogConfig
+from potstill.data.catalog import Catalog
 from potstill.data.rowdiff import diff_rows
 from potstill.data.versioning import VersionError
 

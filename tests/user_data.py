@@ -29,7 +29,9 @@ def sentences(cache: Path) -> list[dict[str, str]]:
     return rows
 
 
-def write_reviews(folder: Path, rows: list[dict[str, str]], prompts: int = 96, gold: int = 48) -> dict[str, Path]:
+def write_reviews(
+    folder: Path, rows: list[dict[str, str]], prompts: int = 96, gold: int = 48
+) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(1)
     picked = rng.sample(rows, prompts + gold)
@@ -48,7 +50,12 @@ def write_reviews(folder: Path, rows: list[dict[str, str]], prompts: int = 96, g
 def _pair(i: int, row: dict[str, str], rng: random.Random) -> dict[str, str]:
     kind = i % 3
     if kind == 2:
-        return {"pair_id": f"p{i}", "sentence1": row["text"], "sentence2": rng.choice(UNSAID), "gold": "neutral"}
+        return {
+            "pair_id": f"p{i}",
+            "sentence1": row["text"],
+            "sentence2": rng.choice(UNSAID),
+            "gold": "neutral",
+        }
     liked = row["label"] == "positive"
     says_liked = kind == 0
     hypothesis = LIKED if says_liked else DISLIKED
@@ -56,7 +63,9 @@ def _pair(i: int, row: dict[str, str], rng: random.Random) -> dict[str, str]:
     return {"pair_id": f"p{i}", "sentence1": row["text"], "sentence2": hypothesis, "gold": gold}
 
 
-def write_pairs(folder: Path, rows: list[dict[str, str]], prompts: int = 96, gold: int = 48) -> dict[str, Path]:
+def write_pairs(
+    folder: Path, rows: list[dict[str, str]], prompts: int = 96, gold: int = 48
+) -> dict[str, Path]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -29,8 +29,8 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import SFTConfig, SFTTrainer
 
-from potstill.training.methods.common import ForwardLogs
 from potstill.prompts import PromptTemplate, label_completion
+from potstill.training.methods.common import ForwardLogs
 
 EXPLANATION_PREFIX = "\nExplanation:"
 META_FILE = "teacher_tuning.json"

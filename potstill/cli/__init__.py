@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from potstill.cli.parser import build_parser
-from potstill.env import apply_defaults, find_project_root
+from potstill.env import apply_defaults, find_project_root, use_project_code
 
 __all__ = ["build_parser", "main"]
 
@@ -21,11 +21,9 @@ __all__ = ["build_parser", "main"]
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     root = apply_defaults(args.project.resolve() if args.project else find_project_root())
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))  # tasks/ and flows/ are project code, not installed packages
-    from potstill.cli.logs import is_user_error, log_exception, log_path, start_file_log
+    use_project_code(root)  # tasks/ and flows/ are project code, not installed packages
+    from potstill.cli.logs import is_user_error, log_exception, log_path
 
-    start_file_log()
     try:
         return dispatch(args, root)
     except Exception as exc:

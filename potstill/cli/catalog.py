@@ -24,11 +24,16 @@ def init_project(root: Path) -> int:
         view = catalog.for_task(name)
         if view.task().demo is not None and view.missing_task_data():
             build_demo(view, default_cache_dir())
-            print(f"{name}: built the demo data ({view.dataset('prompts').path}, {view.dataset('gold').path})")
+            print(
+                f"{name}: built the demo data ({view.dataset('prompts').path}, {view.dataset('gold').path})"
+            )
         if not view.exists("reviewed_labels"):
             # dvc.yaml's route stage depends on it; the review sync flow fills it
             view.save("reviewed_labels", [])
-            print(f"{name}: created an empty reviewed_labels (human verdicts arrive with `potstill review sync`)")
+            print(
+                f"{name}: created an empty reviewed_labels (human verdicts arrive with "
+                "`potstill review sync`)"
+            )
     return 0
 
 
@@ -120,7 +125,9 @@ def catalog_command(args: argparse.Namespace, root: Path) -> int:
         for r in rows:
             for k, v in r.items():
                 columns.setdefault(k, set()).add(type(v).__name__)
-        print(f"{entry.name}@{version or 'workspace'}: {len(rows)} rows, kind {entry.kind}, role {entry.role}")
+        print(
+            f"{entry.name}@{version or 'workspace'}: {len(rows)} rows, kind {entry.kind}, role {entry.role}"
+        )
         print("schema: " + ", ".join(f"{k}: {'|'.join(sorted(t))}" for k, t in columns.items()))
         for r in rows[: args.rows]:
             print("  " + json.dumps(r, ensure_ascii=False)[:300])
@@ -140,7 +147,10 @@ def catalog_command(args: argparse.Namespace, root: Path) -> int:
         if version is None:
             raise UserError(f"checkout needs ENTRY@vN, got {args.ref!r}")
         record = catalog.checkout(name, version)
-        print(f"restored {catalog.full_name(name)}@{record.name} ({record.rows} rows, md5 {record.md5}) into the workspace")
+        print(
+            f"restored {catalog.full_name(name)}@{record.name} ({record.rows} rows, md5 {record.md5}) "
+            "into the workspace"
+        )
         return 0
     (na, va), (nb, vb) = split_ref(args.a), split_ref(args.b)
     d = diff_rows(catalog.load(na, va), catalog.load(nb, vb))
@@ -155,7 +165,8 @@ def catalog_command(args: argparse.Namespace, root: Path) -> int:
 
 
 def _prompt_name(name: str) -> str | None:
-    """`prompt.teacher_prompt` -> teacher_prompt; `polarity/prompt.teacher_prompt` -> polarity/teacher_prompt."""
+    """`prompt.teacher_prompt` -> teacher_prompt; `polarity/prompt.teacher_prompt` ->
+    polarity/teacher_prompt."""
     if name.startswith("prompt."):
         return name.removeprefix("prompt.")
     task, sep, rest = name.partition("/prompt.")

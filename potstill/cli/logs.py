@@ -26,7 +26,8 @@ def log_path() -> Path:
 
 
 def start_file_log() -> Path:
-    """Append every record of this process (INFO and up) to the log file."""
+    """Append every record of this process (INFO and up) to the log file. Call it after Prefect is
+    imported: Prefect leaves the root logger alone when it already has a handler of the user's."""
     path = log_path()
     root = logging.getLogger()
     if not any(getattr(h, _MARK, False) for h in root.handlers):

@@ -29,13 +29,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (
-        ("run", "run the distill flow for a task: label with the teacher, route, train the student, evaluate, "
-         "register"),
+        (
+            "run",
+            "run the distill flow for a task: label with the teacher, route, train the student, evaluate, "
+            "register",
+        ),
         ("config", "validate the run config and print it resolved, with every default filled in"),
         ("step", "run one step of the pipeline on catalog entries (what each dvc.yaml stage calls)"),
         ("review", "human review in Label Studio (LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY from the env)"),
         ("predict", "predict an incoming batch with a registered model; write a new predictions version"),
-        ("monitor", "run the drift monitor on the task's new incoming batches (retrain on drift, as configured)"),
+        (
+            "monitor",
+            "run the drift monitor on the task's new incoming batches (retrain on drift, as configured)",
+        ),
         (
             "deploy",
             "serve the flows on their schedules from this process (needs PREFECT_API_URL): distill nightly "
@@ -196,7 +202,8 @@ def add_task_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  potstill task new reviews --kind classification --labels negative,positive \\\n"
-        "      --prompts reviews.csv --gold reviews_gold.csv --column text=review --label-map 0=negative,1=positive\n"
+        "      --prompts reviews.csv --gold reviews_gold.csv --column text=review \\\n"
+        "      --label-map 0=negative,1=positive\n"
         "  potstill task new entail --kind nli --prompts pairs.jsonl --gold gold.parquet \\\n"
         "      --column premise=sentence1 --column hypothesis=sentence2",
     )
@@ -205,11 +212,15 @@ def add_task_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument(
         "--labels",
         default="",
-        help="the label set, comma-separated (classification; NLI defaults to entailment,neutral,contradiction)",
+        help="the label set, comma-separated (classification; NLI defaults to "
+        "entailment,neutral,contradiction)",
     )
     p.add_argument("--prompts", type=Path, required=True, help="file of unlabeled prompts the teacher labels")
     p.add_argument(
-        "--gold", type=Path, required=True, help="file of rows with a gold label: evaluation only, never trained on"
+        "--gold",
+        type=Path,
+        required=True,
+        help="file of rows with a gold label: evaluation only, never trained on",
     )
     p.add_argument(
         "--format",
@@ -235,7 +246,10 @@ def add_task_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--teacher-prompt", type=Path, default=None, help="teacher template (default: the kind's)")
     p.add_argument("--student-prompt", type=Path, default=None, help="student template (default: the kind's)")
     p.add_argument(
-        "--rationale-prompt", type=Path, default=None, help="rationale template for step_by_step (default: the kind's)"
+        "--rationale-prompt",
+        type=Path,
+        default=None,
+        help="rationale template for step_by_step (default: the kind's)",
     )
     p.add_argument("--model-name", default=None, help="registered model name (default: NAME-student)")
     p.add_argument("--description", default="", help="one line on what the task is")

@@ -25,9 +25,12 @@ def check_task(cfg: RunConfig, root: Path) -> None:
 
 
 def _flows() -> None:
-    """Prefect is imported by the flows; afterwards its terminal handlers drop user errors' tracebacks."""
-    from potstill.cli.logs import quiet_user_tracebacks
+    """After the flows imported Prefect (which configures logging only when the root logger has no handler
+    of the user's yet): every record also goes to the log file, and the terminal handlers drop user
+    errors' tracebacks."""
+    from potstill.cli.logs import quiet_user_tracebacks, start_file_log
 
+    start_file_log()
     quiet_user_tracebacks()
 
 
@@ -60,8 +63,8 @@ def predict(args: argparse.Namespace, cfg: RunConfig, root: Path) -> int:
     mon, catalog = cfg.monitor, task_catalog(cfg, root)
     target = registry_target(catalog.task(), cfg.registry)
     try:
-        out = predict_batch(catalog, mon.incoming, mon.predictions, target.model_name, args.alias or mon.alias,
-                            args.batch)  # fmt: skip
+        alias = args.alias or mon.alias
+        out = predict_batch(catalog, mon.incoming, mon.predictions, target.model_name, alias, args.batch)
     except LookupError as exc:
         raise UserError(str(exc)) from exc
     served = out["model"]
@@ -83,7 +86,10 @@ def monitor(args: argparse.Namespace, cfg: RunConfig, root: Path) -> int:
         retrain = "retrain triggered" if b["trigger"] else "no retrain"
         print(f"{result['task']} incoming {b['batch']}: {verdict}, {retrain} ({'; '.join(b['reasons'])})")
     if not result["batches"]:
-        print(f"{result['task']}: no new incoming batch (monitored already: {', '.join(result['skipped']) or '-'})")
+        print(
+            f"{result['task']}: no new incoming batch "
+            f"(monitored already: {', '.join(result['skipped']) or '-'})"
+        )
     print(f"MLflow runs in {result['tracking_uri']}")
     return 0
 

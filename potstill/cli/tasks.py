@@ -56,7 +56,10 @@ def new_task(args: argparse.Namespace, root: Path) -> int:
     prompts = {name: catalog.prompt_version(name) for name in catalog.visible_prompts()}
     write_dvc(catalog, root)
     rows = {name: v.rows for name, v in versions.items()}
-    print(f"declared task {spec.name!r} ({spec.kind}, labels {spec.label_set}) in catalog/tasks/{spec.name}.yaml")
+    print(
+        f"declared task {spec.name!r} ({spec.kind}, labels {spec.label_set}) "
+        f"in catalog/tasks/{spec.name}.yaml"
+    )
     for name, v in versions.items():
         print(f"  {spec.name}/{name}: {catalog.dataset(name).path} {v.name} ({rows[name]} rows, md5 {v.md5})")
     for name, v in prompts.items():

@@ -16,8 +16,8 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from potstill.config.base import ConfigError, Section
-from potstill.config.migrate import ConfigMovedWarning, migrate
 from potstill.config.data import CatalogConfig, DataConfig, ValidationConfig
+from potstill.config.migrate import ConfigMovedWarning, migrate
 from potstill.config.operations import MonitorConfig, RetrainConfig
 from potstill.config.registry import PromotionConfig, RegistryConfig
 from potstill.config.teacher import ReviewConfig, RouteConfig, TeacherConfig
@@ -40,10 +40,10 @@ __all__ = [
     "TeacherConfig",
     "ValidationConfig",
     "apply_overrides",
-    "migrate",
     "config_hash",
     "flatten",
     "load_config",
+    "migrate",
     "parse_override",
     "to_yaml",
     "validate",

@@ -113,7 +113,11 @@ def migrate(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                 if section == "distill.on_policy" and old == "distill.divergence" and value == "tv":
                     continue  # on_policy has no total variation; it keeps its own default
                 _put(out, f"{section}.{old.rsplit('.', 1)[1]}", value)
-            notes.append(f"{old} is now set in each of: {', '.join(s + '.' + old.split('.')[1] for s in sections)}")
+            notes.append(
+                f"{old} is now set in each of: {', '.join(s + '.' + old.split('.')[1] for s in sections)}"
+            )
     for note in notes:
-        warnings.warn(f"run config: {note} (read from the old key this time)", ConfigMovedWarning, stacklevel=3)
+        warnings.warn(
+            f"run config: {note} (read from the old key this time)", ConfigMovedWarning, stacklevel=3
+        )
     return out, notes

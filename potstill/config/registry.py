@@ -27,8 +27,8 @@ class RegistryConfig(Section):
 
 
 class PromotionConfig(Section):
-    """The promotion gate a new student must pass to become `champion` (see potstill/operations/gate.py); null turns
-    a check off. The primary metric is `registry.metric`."""
+    """The promotion gate a new student must pass to become `champion` (see potstill/operations/gate.py);
+    null turns a check off. The primary metric is `registry.metric`."""
 
     min_improvement: float | None = Field(
         0.0, ge=0, description="Beat the champion on the metric strictly and by at least this much."

@@ -79,7 +79,9 @@ class StepByStepOptions(Section):
     """`step_by_step` (Hsieh et al. 2023): the label task and a `[rationale] ` task on the teacher's
     explanation; inference uses the label task only."""
 
-    label_weight: float = Field(1.0, gt=0, description="Weight of the label task (the one used at inference).")
+    label_weight: float = Field(
+        1.0, gt=0, description="Weight of the label task (the one used at inference)."
+    )
     rationale_weight: float = Field(1.0, ge=0, description="Weight of the rationale task.")
     rationale_max_length: int = Field(
         256, ge=8, description="Prompt + rationale tokens of the rationale task (longer: cut)."
@@ -93,7 +95,9 @@ class LogitOptions(Section):
     divergence: Divergence = Field(
         "forward_kl", description="forward_kl | reverse_kl | jsd (with beta) | tv (total variation)."
     )
-    beta: float = Field(0.5, ge=0.0, le=1.0, description="Generalized JSD mix (jsd): 0 forward, 1 reverse KL.")
+    beta: float = Field(
+        0.5, ge=0.0, le=1.0, description="Generalized JSD mix (jsd): 0 forward, 1 reverse KL."
+    )
     temperature: float = Field(1.0, gt=0, description="Softmax temperature of both sides (loss times T²).")
     kd_weight: float = Field(1.0, ge=0, description="Weight of the divergence to the teacher.")
     ce_weight: float = Field(

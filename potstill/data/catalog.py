@@ -141,6 +141,22 @@ def parse_rows(data: bytes, fmt: str, where: str) -> list[dict[str, Any]]:
     return rows
 
 
+def count_rows(path: Path, fmt: str) -> int | None:
+    """Rows of a file as it is, without parsing them (a hand-edited file may hold broken lines, which the
+    reader reports later): non-empty lines, less the CSV header; Parquet's own row count."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return int(pq.read_metadata(path).num_rows)
+        except Exception:  # not Parquet: the reader says so, with the file
+            return None
+    if fmt not in TABULAR:
+        return None
+    lines = sum(1 for line in path.read_bytes().splitlines() if line.strip())
+    return max(lines - (fmt == "csv"), 0)
+
+
 class Catalog:
     def __init__(
         self,
@@ -425,10 +441,8 @@ class Catalog:
         """Version the workspace file as it is (e.g. edited or replaced by hand)."""
         name = self.full_name(name)
         path = self._resolve(name)
-        fmt = self.dataset(name).format
-        rows = len(parse_rows(path.read_bytes(), fmt, str(path))) if fmt in TABULAR else None
         with self.locked():
-            return self._version(name, path, rows, run_id)
+            return self._version(name, path, count_rows(path, self.dataset(name).format), run_id)
 
     def current_version(self, name: str) -> VersionRecord | None:
         """The logged version whose content is in the workspace now (None when unversioned or changed)."""

@@ -76,7 +76,10 @@ class ColumnMap:
 
     @classmethod
     def of(
-        cls, columns: dict[str, str] | None = None, labels: dict[str, str] | None = None, id_prefix: str | None = None
+        cls,
+        columns: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        id_prefix: str | None = None,
     ) -> ColumnMap:
         return cls(tuple(sorted((columns or {}).items())), tuple(sorted((labels or {}).items())), id_prefix)
 
@@ -208,7 +211,9 @@ def _parquet_records(path: Path, result: ReadResult) -> Iterator[_Record]:
     try:
         rows = pq.read_table(path).to_pylist()
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
-        result.problems.append(Problem(str(path), 0, "<file>", short(path.name), f"not a Parquet file: {exc}"))
+        result.problems.append(
+            Problem(str(path), 0, "<file>", short(path.name), f"not a Parquet file: {exc}")
+        )
         return
     for number, row in enumerate(rows, 1):
         yield _Record(number, short(row), dict(row))

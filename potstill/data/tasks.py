@@ -83,8 +83,8 @@ class TaskSpec(_Strict):
     def _name(cls, v: str) -> str:
         if not NAME.match(v):
             raise ValueError(
-                f"task name {v!r}: use 1-40 lowercase letters, digits and underscores, starting with a letter "
-                "(it names folders, catalog entries, DVC stages and the registered model)"
+                f"task name {v!r}: use 1-40 lowercase letters, digits and underscores, starting with a "
+                "letter (it names folders, catalog entries, DVC stages and the registered model)"
             )
         return v
 
@@ -293,7 +293,8 @@ def declare(request: NewTask, root: Path) -> TaskSpec:
     written yet: `potstill.data.catalog.Catalog.add_task` copies and versions)."""
     if request.name and NAME.match(request.name) and task_file(root, request.name).exists():
         raise TaskError(
-            f"task {request.name!r} exists ({task_file(root, request.name)}); pick another name or edit that file"
+            f"task {request.name!r} exists ({task_file(root, request.name)}); pick another name or edit "
+            "that file"
         )
     for what, path in (("--prompts", request.prompts), ("--gold", request.gold)):
         if not Path(path).is_file():

@@ -39,9 +39,9 @@ from potstill.data.expectations import (
     shrink,
     text_fields,
 )
+from potstill.data.readers import Problem, ReadResult, short
 from potstill.errors import UserError
 from potstill.prompts import PromptTemplate
-from potstill.data.readers import Problem, ReadResult, short
 
 __all__ = [
     "LABELED_ROLES",

@@ -16,7 +16,7 @@ from typing import Any
 
 from potstill.errors import UserError
 from potstill.kinds import chat, classification, math, multiple_choice, nli, summarization
-from potstill.kinds.base import Kind, LabelFn
+from potstill.kinds.base import Kind, LabelFn, ScoreFn
 from potstill.kinds.closed import NLI_LABELS, choice_options, format_choices
 from potstill.kinds.common import KindSpec, Labeled, normalise, routing_confidence
 from potstill.kinds.math import extract_answer, majority_vote, normalise_number
@@ -65,18 +65,19 @@ def label_rows(
 __all__ = [
     "GENERATIVE_KINDS",
     "KINDS",
-    "Kind",
-    "LabelFn",
-    "UnknownKindError",
-    "get_kind",
     "NLI_LABELS",
+    "Kind",
     "KindSpec",
+    "LabelFn",
     "Labeled",
     "RationaleSpec",
+    "ScoreFn",
+    "UnknownKindError",
     "add_rationales",
     "choice_options",
     "extract_answer",
     "format_choices",
+    "get_kind",
     "label_rows",
     "majority_vote",
     "normalise",

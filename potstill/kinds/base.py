@@ -17,6 +17,8 @@ from potstill.labeling.teacher.base import TeacherBackend
 from potstill.prompts import PromptTemplate
 
 LabelFn = Callable[[TeacherBackend, Sequence[dict[str, Any]], PromptTemplate, KindSpec], list[Labeled]]
+# (gold answers, predicted answers, label set) -> metrics without the model prefix (accuracy, macro_f1, ...)
+ScoreFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,9 @@ class Kind:
     - `fixed_labels`: the task declares its label set (and the student is a classifier over it).
     - `default_labels`: the label set when a task declares none (NLI's three labels).
     - `headline`: the metric a student of this kind is judged and promoted by.
+    - `score`: how predictions are evaluated against gold answers (None: no student of this kind yet;
+      its teacher labels are still produced, `potstill step label`).
+    - `parse`: reads the final answer out of a generated text (math), where the kind has one.
     - `teacher_prompt`, `student_prompt`, `rationale_prompt`: what `potstill task new` writes when the
       user brings no prompt files; `{labels}` is replaced by the task's label list when written.
     """
@@ -45,6 +50,8 @@ class Kind:
     headline: str = "student_accuracy"
     description: str = ""
     list_fields: tuple[str, ...] = ()  # fields holding a list (multiple choice's `choices`), not text
+    score: ScoreFn | None = None
+    parse: Callable[[str], str | None] | None = None
 
     @property
     def text_fields(self) -> tuple[str, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from potstill.kinds.base import Kind
 from potstill.kinds.closed import label_classification
+from potstill.metrics import classification_scores
 
 KIND = Kind(
     name="classification",
@@ -11,6 +12,7 @@ KIND = Kind(
     label=label_classification,
     closed=True,
     fixed_labels=True,
+    score=classification_scores,
     teacher_prompt="Classify the text as one of: {labels}.\n\nText: {text}\nLabel:",
     student_prompt="Text: {text}\nLabel:",
     rationale_prompt="Explain in one short sentence why the text has its label.\n\n"

@@ -8,7 +8,8 @@ prompt field, fewer than two choices).
 
 With `spec.top_logprobs` > 0 the chosen option's teacher-forced tokens (" <option>" then EOS, each with
 its top-k alternatives over the full vocabulary) travel with the record (`Labeled.tokens`), read from the
-scoring forward itself (`SignalScorer.score_with_signals`), so `potstill.labeling.shards` stores them as signals.
+scoring forward itself (`SignalScorer.score_with_signals`), so `potstill.labeling.shards` stores them as
+signals.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from potstill.kinds.common import KindSpec, Labeled, normalise, ok, parse_failure, render
-from potstill.prompts import PromptError, PromptTemplate, label_completion
 from potstill.labeling.teacher.base import SignalScorer, TeacherBackend, TokenLogprobs
+from potstill.prompts import PromptError, PromptTemplate, label_completion
 
 NLI_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
 CHOICE_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from potstill.prompts import PromptError, PromptTemplate
 from potstill.labeling.teacher.base import TokenLogprobs
+from potstill.prompts import PromptError, PromptTemplate
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from typing import Any
 
 from potstill.kinds.base import Kind
 from potstill.kinds.common import KindSpec, Labeled, ok, parse_failure, render
-from potstill.prompts import PromptError, PromptTemplate
 from potstill.labeling.teacher.base import SamplingSpec, TeacherBackend
+from potstill.prompts import PromptError, PromptTemplate
 
 _NUMBER = r"[-−]?\s*\$?\s*(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+)?"
 _HASHES = re.compile(r"####\s*([^\n]*)")
@@ -137,5 +137,6 @@ KIND = Kind(
     "Question: {question}\nAnswer:",
     student_prompt="Question: {question}\nAnswer:",
     headline="student_exact_match",
+    parse=extract_answer,
     description="word problems: chain-of-thought teacher, self-consistency, a numeric final answer",
 )

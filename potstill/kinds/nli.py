@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from potstill.kinds.base import Kind
 from potstill.kinds.closed import NLI_LABELS, label_nli
+from potstill.metrics import classification_scores
 
 KIND = Kind(
     name="nli",
@@ -11,6 +12,7 @@ KIND = Kind(
     label=label_nli,
     closed=True,
     fixed_labels=True,
+    score=classification_scores,
     default_labels=NLI_LABELS,
     teacher_prompt="Decide whether the hypothesis follows from the premise. Answer entailment if it must be "
     "true, contradiction if it cannot be true, and neutral otherwise.\n\n"

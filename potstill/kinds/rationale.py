@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from potstill.kinds.common import Labeled, render
-from potstill.prompts import PromptError, PromptTemplate
 from potstill.labeling.teacher.base import SamplingSpec, TeacherBackend
+from potstill.prompts import PromptError, PromptTemplate
 
 STOP = ("\n",)
 

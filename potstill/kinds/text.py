@@ -17,8 +17,8 @@ from typing import Any
 
 from potstill.kinds.common import KindSpec, Labeled, ok, parse_failure, render
 from potstill.kinds.math import sampling
-from potstill.prompts import PromptError, PromptTemplate
 from potstill.labeling.teacher.base import Generation, TeacherBackend
+from potstill.prompts import PromptError, PromptTemplate
 
 
 def text_confidence(generation: Generation) -> dict[str, float | None]:

@@ -47,6 +47,7 @@ FORWARDED_ENV = (
     "GX_ANALYTICS_ENABLED",
     "DVC_NO_ANALYTICS",
     "PREFECT_SERVER_ANALYTICS_ENABLED",
+    "PYTHONPATH",  # the project's tasks/ and flows/ (potstill.env.use_project_code)
 )
 
 _REPLICA: tuple[str, Any] | None = None  # (config key, backend) of this worker process

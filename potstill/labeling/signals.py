@@ -19,7 +19,8 @@ the measured bytes per token of the file it wrote.
 
 Generative kinds store the generated tokens; closed kinds (classification, NLI, multiple choice) store
 the chosen label's completion (" <label>" then EOS) teacher-forced, which is exactly what the student
-is trained on. `load_signals` reads a whole run folder back by row id for `potstill.training.methods.logit_offline`.
+is trained on. `load_signals` reads a whole run folder back by row id for
+`potstill.training.methods.logit_offline`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from potstill.files import atomic_write
 from potstill.labeling.teacher.base import TokenLogprobs
 
 DEFAULT_TOP_K = 64
@@ -96,7 +98,6 @@ def from_tokens(row_id: Any, tokens: Sequence[TokenLogprobs], k: int = DEFAULT_T
 
 def write_signals(path: Path, rows: Sequence[RowSignals], compress: bool = True) -> SignalStats:
     """Write one shard's signals atomically (temp file, fsync, rename); returns its size per token."""
-    from potstill.labeling.shards import atomic_write
 
     k = max((r.top_ids.shape[1] for r in rows), default=0)
     if any(r.top_ids.shape[1] != k for r in rows):

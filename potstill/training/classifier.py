@@ -15,9 +15,9 @@ from typing import Any
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from potstill.labeling.scoring import LabelScores, score_labels
 from potstill.models import prepare_tokenizer
 from potstill.prompts import PromptTemplate
-from potstill.labeling.scoring import LabelScores, score_labels
 
 META_FILE = "potstill.json"
 

@@ -289,7 +289,8 @@ class _GatheredWeights:
 
 
 def _train(spec: WorkerSpec, cfg: RunConfig, classifier: Any, rows: list[dict[str, Any]], on_log: Any) -> Any:
-    """The one potstill training entry point, `potstill.training.methods.train`, exactly as the in-process path."""
+    """The one potstill training entry point, `potstill.training.methods.train`, exactly as the in-process
+    path."""
     from potstill.training.methods import DistillInputs
     from potstill.training.methods import train as train_method
 

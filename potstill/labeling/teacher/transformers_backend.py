@@ -1,7 +1,7 @@
 """The in-process teacher: a transformers causal LM scoring options and generating with log-probabilities.
 
-`score` generalises `potstill.labeling.scoring.score_labels` (which returns only the normalised distribution over
-one label set shared by every row) to raw log p(option | prompt) with per-prompt options, on token ids:
+`score` generalises `potstill.labeling.scoring.score_labels` (which returns only the normalised distribution
+over one label set shared by every row) to raw log p(option | prompt) with per-prompt options, on token ids:
 
 - prompt and option are tokenized separately and concatenated (the usual loglikelihood convention:
   the option's tokens are exactly the ones it would have after this prompt, independent of merges at

@@ -1,7 +1,8 @@
 """The teacher's signal at the N loss positions, in the two forms a distillation loss can compare against.
 
 `DenseSignal` holds full-vocabulary logits (an online teacher in memory). `SparseSignal` holds what
-`potstill.labeling.signals` stores on disk for offline distillation: the k best token ids with their log-probabilities
+`potstill.labeling.signals` stores on disk for offline distillation: the k best token ids with their
+log-probabilities
 at temperature 1 and the probability mass left outside them (the tail bucket). Both slice over positions with
 `narrow` so that `potstill.training.losses.chunked` can walk the positions chunk by chunk.
 """

@@ -245,8 +245,8 @@ def completion_hidden(
 def load_teacher(inputs: DistillInputs) -> tuple[PreTrainedModel, int]:
     """The teacher of an online method, frozen in eval mode, and the vocabulary size logits are compared
     over; the vocabulary check runs here, before any training step."""
-    from potstill.training.methods.vocab import check_vocab
     from potstill.models import load_model
+    from potstill.training.methods.vocab import check_vocab
 
     method = inputs.distill.method
     if not inputs.teacher_model:

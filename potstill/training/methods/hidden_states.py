@@ -12,7 +12,8 @@ but the last, the same positions the logit loss uses. These are the states the l
 prompt positions would also be available at no extra teacher cost, but would spend the small student's
 capacity on copying the teacher's view of every input word rather than its decision.
 
-Layers: `distill.hidden_states.layer_map` pairs [student_layer, teacher_layer] compare the output of those decoder layers
+Layers: `distill.hidden_states.layer_map` pairs [student_layer, teacher_layer] compare the output of those
+decoder layers
 (the residual stream before the final norm, captured with forward hooks, the same for every layer). By
 default a pruned-teacher student's layer i is matched to the teacher layer it was copied from, any other
 student evenly (its last layer to the teacher's last). When widths differ, one learned nn.Linear per pair
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from potstill.prompts import label_completion
 from potstill.training.losses import hidden_state_loss, make_projections
 from potstill.training.methods.common import (
     TrainResult,
@@ -43,7 +45,6 @@ from potstill.training.methods.data import encode_completion, encode_prompt, joi
 from potstill.training.methods.inputs import DistillInputs
 from potstill.training.methods.logit_online import LogitOnlineTrainer
 from potstill.training.methods.vocab import head_for
-from potstill.prompts import label_completion
 
 
 def default_layer_map(
@@ -65,7 +66,8 @@ def layer_map(inputs: DistillInputs, teacher: PreTrainedModel) -> list[tuple[int
     bad = [(s, t) for s, t in pairs if s >= ns or t >= nt]
     if bad:
         raise ValueError(
-            f"distill.hidden_states.layer_map pairs {bad} out of range: the student has {ns} layers, the teacher {nt}"
+            f"distill.hidden_states.layer_map pairs {bad} out of range: the student has {ns} layers, "
+            f"the teacher {nt}"
         )
     return [(int(s), int(t)) for s, t in pairs]
 

@@ -13,8 +13,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from potstill.prompts import PromptTemplate
 
 if TYPE_CHECKING:
-    from potstill.training.classifier import Classifier
     from potstill.config import DistillConfig, RunConfig, StudentConfig
+    from potstill.training.classifier import Classifier
 
 
 @dataclass

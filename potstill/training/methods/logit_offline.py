@@ -2,9 +2,9 @@
 
 The labeling step (`teacher.store_signals`, on by itself for this method) stored, per training row, the
 teacher-forced top-k log-probabilities over the full vocabulary at every token of the row's answer: for
-a closed kind " <label>" then EOS, for a generative kind the generated tokens (`potstill.labeling.signals`). Here
-each row is tokenized exactly as inference reads it (`potstill.training.methods.data`: prompt prefix, row part and
-completion apart, then EOS), so its completion tokens are the ones the teacher was forced on, and the
+a closed kind " <label>" then EOS, for a generative kind the generated tokens (`potstill.labeling.signals`).
+Here each row is tokenized exactly as inference reads it (`potstill.training.methods.data`: prompt prefix, row
+part and completion apart, then EOS), so its completion tokens are the ones the teacher was forced on, and the
 stored positions line up one to one with the student's loss positions (`SparseSignal`, k buckets + tail).
 
 Where the student's target differs from what the teacher was forced on (a reviewer corrected the label;
@@ -30,6 +30,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import SFTTrainer
 
+from potstill.labeling.signals import RowSignals, load_signals, signal_key
+from potstill.prompts import label_completion
 from potstill.training.losses import LossParts, SparseSignal
 from potstill.training.methods.common import (
     MeteredMixin,
@@ -42,8 +44,6 @@ from potstill.training.methods.common import (
 )
 from potstill.training.methods.data import encode_completion, encode_prompt, join, pad_batch
 from potstill.training.methods.inputs import DistillInputs
-from potstill.prompts import label_completion
-from potstill.labeling.signals import RowSignals, load_signals, signal_key
 
 log = logging.getLogger(__name__)
 SHOW_IDS = 5

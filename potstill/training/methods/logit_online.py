@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 from trl import SFTTrainer
 
 from potstill.config.training import LogitOnlineOptions
+from potstill.prompts import label_completion
 from potstill.training.losses import DenseSignal
 from potstill.training.methods.common import (
     MeteredMixin,
@@ -31,7 +32,6 @@ from potstill.training.methods.common import (
 from potstill.training.methods.data import encode_completion, encode_prompt, join, pad_batch, prefixed
 from potstill.training.methods.inputs import DistillInputs
 from potstill.training.methods.vocab import head_for
-from potstill.prompts import label_completion
 
 TEACHER_MAX_LENGTH = 2048  # the teacher prompt may carry few-shot examples; cut only beyond this
 

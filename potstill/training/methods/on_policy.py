@@ -1,14 +1,15 @@
 """`on_policy`: TRL's DistillationTrainer (Agarwal et al. 2024, "On-Policy Distillation of Language Models").
 
 The student samples completions of the student prompt (`distill.on_policy.max_new_tokens`, at
-`distill.on_policy.temperature`) and is trained to match the in-memory teacher's next-token distribution on them
-under TRL's generalized JSD, computed chunk by chunk from both models' hidden states and LM heads. TRL's
-beta selects the divergence (0 forward KL, 1 reverse KL), so `distill.on_policy.divergence` maps onto it: forward_kl
--> 0, reverse_kl -> 1, jsd -> `distill.on_policy.beta` (total variation is not available there).
+`distill.on_policy.temperature`) and is trained to match the in-memory teacher's next-token distribution on
+them under TRL's generalized JSD, computed chunk by chunk from both models' hidden states and LM heads. TRL's
+beta selects the divergence (0 forward KL, 1 reverse KL), so `distill.on_policy.divergence` maps onto it:
+forward_kl -> 0, reverse_kl -> 1, jsd -> `distill.on_policy.beta` (total variation is not available there).
 
 The teacher scores the student's token sequence (student prompt + completion), as in the paper: a teacher
 prompt of a different length could not share the student's sampled tokens position by position. TRL 1.16's
-trainer is fully on-policy; `distill.on_policy.lmbda` adds GKD's mixture back: with probability 1 - lmbda a generation
+trainer is fully on-policy; `distill.on_policy.lmbda` adds GKD's mixture back: with probability 1 - lmbda a
+generation
 batch uses the teacher's label (" <label>" EOS) as the completion instead of a sample (supervised KD on the
 teacher's answer, the same divergence).
 """
@@ -22,6 +23,7 @@ from datasets import Dataset
 from trl import DistillationConfig, DistillationTrainer
 
 from potstill.config.training import OnPolicyOptions
+from potstill.prompts import label_completion
 from potstill.training.methods.common import (
     MeteredMixin,
     TrainResult,
@@ -35,7 +37,6 @@ from potstill.training.methods.common import (
 from potstill.training.methods.data import encode_completion
 from potstill.training.methods.inputs import DistillInputs
 from potstill.training.methods.vocab import vocab_size
-from potstill.prompts import label_completion
 
 
 def trl_beta(d: OnPolicyOptions) -> float:

@@ -16,6 +16,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel
 from trl import SFTConfig, SFTTrainer
 
+from potstill.prompts import PromptTemplate, label_completion
 from potstill.training.methods.common import (
     MeteredMixin,
     TrainResult,
@@ -26,7 +27,6 @@ from potstill.training.methods.common import (
     with_lora,
 )
 from potstill.training.methods.inputs import DistillInputs
-from potstill.prompts import PromptTemplate, label_completion
 
 
 def sft_examples(rows: list[dict[str, Any]], prompt: PromptTemplate) -> list[dict[str, str]]:

@@ -23,6 +23,7 @@ from transformers import PreTrainedModel
 from trl import SFTTrainer
 
 from potstill.config.training import StepByStepOptions
+from potstill.prompts import label_completion
 from potstill.training.losses import distillation_loss
 from potstill.training.methods.common import (
     MeteredMixin,
@@ -34,7 +35,6 @@ from potstill.training.methods.common import (
 )
 from potstill.training.methods.data import encode_completion, encode_prompt, join, pad_batch, prefixed
 from potstill.training.methods.inputs import DistillInputs
-from potstill.prompts import label_completion
 
 RATIONALE_PREFIX = "[rationale] "
 
