@@ -44,13 +44,13 @@ def configure(root: Path) -> MlflowClient:
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(_USER_REGISTRY_URI or uri)
-    client = MlflowClient()
     if uri.startswith("sqlite:") and _uri_key(uri) not in _READY:
         with file_lock(root / "mlruns" / ".store.lock"):
-            client.search_experiments(max_results=1)  # creates and migrates the tracking store
+            client = MlflowClient()  # creating the client creates (and migrates) the tracking store
             client.search_registered_models(max_results=1)  # and the registry (the same database)
         _READY.add(_uri_key(uri))
-    return client
+        return client
+    return MlflowClient()
 
 
 _READY: set[str] = set()  # SQLite stores this process has seen created

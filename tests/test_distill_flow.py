@@ -125,6 +125,16 @@ def test_distill_flow_end_to_end_then_cached_relabel(
     assert main(["--project", str(project), "catalog", "show", "train_set"]) == 0
     shown = capsys.readouterr().out
     assert f"last validation (run {first['run_id']}): passed" in shown and "label: str" in shown
+    # after a run: every entry listed (no crash on anything the run left), the run folder gone
+    assert main(["--project", str(project), "catalog", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "polarity/train_set" in listed and "polarity/eval_report" in listed
+    assert not list((project / "catalog/data/polarity/runs").glob("*"))
+    assert main(["--project", str(project), "task", "list"]) == 0
+    assert "polarity-student v1" in capsys.readouterr().out
+    assert main(["--project", str(project), "catalog", "show", "train_set"]) == 0
+    shown = capsys.readouterr().out
+    assert f"last validation (run {first['run_id']}): passed" in shown and "label: str" in shown
 
     # Re-running with the same inputs and config reuses the finished labeling (Prefect cache).
     second = distill(params=params, project=str(project))

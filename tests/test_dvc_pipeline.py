@@ -101,6 +101,11 @@ def test_dvc_repro_runs_a_declared_task_then_skips_and_retrains_on_a_new_method(
     )
     assert mv.tags["lineage.data.train_set"] == f"v1 md5:{lock_md5}" and mv.tags["lineage.task"] == "reviews"
 
+    capsys.readouterr()
+    assert main(["--project", str(project), "catalog", "list", "--task", "reviews"]) == 0
+    assert main(["--project", str(project), "catalog", "show", "--task", "reviews", "models"]) == 0
+    assert models["run_id"] in capsys.readouterr().out
+
     second = repro()
     assert "Running stage" not in second
     assert "didn't change, skipping" in second or "up to date" in second

@@ -107,3 +107,44 @@ def test_option_logprob_sums_prompt_logprobs_after_the_prompt():
         option_logprob_from_vllm(req, option_start=0)  # the first token has no logprob
     with pytest.raises(ValueError):
         option_logprob_from_vllm(RequestOutput("r", None, [1, 2], None), option_start=1)
+
+
+def test_engine_arguments_from_params_reach_vllm(monkeypatch):
+    """`teacher.vllm` in params.yaml becomes vllm.LLM's arguments (tensor parallelism, context length,
+    memory share, max_logprobs raised to top_logprobs). vLLM cannot run here: a STAND-IN `vllm` module
+    (a mock, named as such) records what the backend passes to `vllm.LLM`."""
+    import types
+
+    from potstill.config import validate
+    from potstill.labeling.teacher import load_backend
+
+    seen: dict = {}
+
+    class StandInLLM:  # mock of vllm.LLM: records its arguments only
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+
+        def get_tokenizer(self):
+            return None
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=StandInLLM))
+    cfg = validate(
+        {
+            "teacher": {
+                "model": "some/teacher",
+                "backend": "vllm",
+                "store_signals": True,
+                "top_logprobs": 32,
+                "vllm": {
+                    "tensor_parallel_size": 4,
+                    "max_model_len": 8192,
+                    "gpu_memory_utilization": 0.85,
+                    "engine": {"enforce_eager": True},
+                },
+            }
+        }
+    )
+    load_backend(cfg.teacher.backend_settings())
+    assert seen["model"] == "some/teacher" and seen["max_logprobs"] == 32
+    assert seen["tensor_parallel_size"] == 4 and seen["max_model_len"] == 8192
+    assert seen["gpu_memory_utilization"] == 0.85 and seen["enforce_eager"] is True
