@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.support.ray_head import LocalRayHead
 from potstill.config import TeacherConfig
 from potstill.kinds import KindSpec, label_rows
-from potstill.labeling.ray_shards import LocalRayHead, is_loopback, resolve_address
+from potstill.labeling.ray_shards import is_loopback, resolve_address
 from potstill.labeling.shards import label_sharded
 from potstill.labeling.teacher.transformers_backend import TransformersBackend
 from potstill.prompts import PromptTemplate
