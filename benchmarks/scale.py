@@ -42,12 +42,12 @@ apply_defaults(ROOT)
 import torch
 from prefect import flow
 
+from benchmarks.support.ray_head import LocalRayHead, _free_port
 from potstill.config import TeacherConfig
 from potstill.config.teacher import RaySettings
 from potstill.data.catalog import Catalog
 from potstill.data.demo import download_sdist, parse_polarity, read_corpus, split_gold
 from potstill.kinds import KindSpec, Labeled, label_rows
-from potstill.labeling.ray_shards import LocalRayHead, _free_port
 from potstill.labeling.shards import label_sharded
 from potstill.labeling.teacher import load_backend
 from potstill.models import default_cache_dir

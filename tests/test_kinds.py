@@ -194,6 +194,7 @@ def _check_closed(out: list[dict], labels: Sequence[str]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data")
 def test_nli_labels_conjnli_dev_with_smollm(smollm_folder):
     rows = read_source("conjnli_dev", SHARED, limit=24)
     unlabeled = [{k: v for k, v in r.items() if k != "label"} for r in rows]
@@ -206,6 +207,7 @@ def test_nli_labels_conjnli_dev_with_smollm(smollm_folder):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data")
 def test_math_labels_gsm8k_with_smollm_self_consistency(smollm_folder):
     rows = read_source("gsm8k_train", SHARED, limit=2, role="prompts")
     template = PromptTemplate("teacher_math", (ROOT / "catalog/prompts/teacher_math.txt").read_text())
@@ -225,6 +227,7 @@ def test_math_labels_gsm8k_with_smollm_self_consistency(smollm_folder):
             assert it.tokens and all(len(t.top) == 4 for t in it.tokens)
 
 
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data")
 def test_nli_and_text_kinds_on_the_tiny_model(tiny_model_dir):
     backend = _backend(tiny_model_dir)
     rows = read_source("esnli_dev", SHARED, limit=6)
@@ -240,6 +243,7 @@ def test_nli_and_text_kinds_on_the_tiny_model(tiny_model_dir):
             assert 0.0 <= r["confidence_min"] <= r["confidence"] <= 1.0 and len(it.tokens) <= 6
 
 
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data")
 def test_importers_write_catalog_entries(project):
     catalog = Catalog.from_file(project / "catalog" / "catalog.yaml")
     saved = import_shared(catalog, "conjnli_dev", SHARED, limit=5)
