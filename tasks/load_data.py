@@ -17,6 +17,7 @@ from potstill.config import DataConfig
 from potstill.data.catalog import Catalog
 from potstill.data.demo import build_demo
 from potstill.data.readers import ReadResult
+from potstill.data.task_files import missing_task_data
 from potstill.data.validation import DataValidationError, check_template, required_columns
 from potstill.models import default_cache_dir
 from potstill.prompts import PromptTemplate
@@ -36,8 +37,8 @@ class Inputs:
 
 def ensure_task_data(catalog: Catalog, run_id: str | None = None) -> dict[str, Any] | None:
     """The demo task builds its data when a file is missing; any other task stops, naming the missing file
-    and the task (`Catalog.missing_task_data`)."""
-    if catalog.missing_task_data():
+    and the task (`potstill.data.task_files.missing_task_data`)."""
+    if missing_task_data(catalog):
         return build_demo(catalog, default_cache_dir(), run_id)
     return None
 

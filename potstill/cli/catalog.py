@@ -9,6 +9,7 @@ from pathlib import Path
 from potstill.config import RunConfig, load_config
 from potstill.data.catalog import TABULAR, Catalog
 from potstill.data.rowdiff import diff_rows
+from potstill.data.task_files import missing_task_data
 from potstill.data.versioning import split_ref
 from potstill.errors import UserError
 
@@ -22,7 +23,7 @@ def init_project(root: Path) -> int:
     print(f"DVC repo at {root}; default remote: {_default_remote(root)}")
     for name in sorted(catalog.tasks):
         view = catalog.for_task(name)
-        if view.task().demo is not None and view.missing_task_data():
+        if view.task().demo is not None and missing_task_data(view):
             build_demo(view, default_cache_dir())
             print(
                 f"{name}: built the demo data ({view.dataset('prompts').path}, {view.dataset('gold').path})"

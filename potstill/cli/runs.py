@@ -11,6 +11,7 @@ from typing import Any
 
 from potstill.config import RunConfig
 from potstill.data.catalog import Catalog
+from potstill.data.task_files import missing_task_data
 from potstill.errors import UserError
 
 
@@ -21,7 +22,7 @@ def task_catalog(cfg: RunConfig, root: Path) -> Catalog:
 
 def check_task(cfg: RunConfig, root: Path) -> None:
     """Before Prefect starts: the task exists and its data files are there and fit the declaration."""
-    task_catalog(cfg, root).missing_task_data()
+    missing_task_data(task_catalog(cfg, root))
 
 
 def _flows() -> None:

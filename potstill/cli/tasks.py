@@ -9,15 +9,8 @@ from pathlib import Path
 
 from potstill.cli.catalog import catalog_for
 from potstill.data.catalog import Catalog
-from potstill.data.tasks import (
-    NewTask,
-    TaskSpec,
-    check_columns,
-    declare,
-    parse_pairs,
-    registry_target,
-    write_task,
-)
+from potstill.data.task_files import NewTask, check_columns, declare, parse_pairs, write_task
+from potstill.data.tasks import TaskSpec, registry_target
 from potstill.errors import TaskError
 from potstill.pipeline import dvc_text, write_dvc
 

@@ -8,153 +8,42 @@ any past version can be loaded back by name: `catalog.load("teacher_labels", ver
 from __future__ import annotations
 
 import csv
-import hashlib
-import io
 import json
 import os
 import tempfile
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from potstill.config import CatalogConfig
-from potstill.data.readers import ColumnMap, ReadResult, read_rows
+from potstill.data.entries import (
+    TABULAR,
+    CatalogError,
+    DatasetEntry,
+    PromptEntry,
+    Role,
+    Saved,
+    count_rows,
+    file_digest,
+    md5_bytes,
+    parse_rows,
+)
+from potstill.data.readers import ReadResult, read_rows
 from potstill.data.tasks import TaskSpec, load_tasks
-from potstill.data.versioning import DvcStore, VersionLog, VersionRecord, file_lock, is_git_repo
-from potstill.errors import TaskError, UserError
+from potstill.data.versioning import (
+    DvcStore,
+    ScopedVersionLog,
+    VersionLog,
+    VersionRecord,
+    file_lock,
+    is_git_repo,
+)
+from potstill.errors import TaskError
 from potstill.pipeline import is_step_output, stage_outputs
 from potstill.prompts import PromptTemplate
-
-Role = Literal[
-    "prompts",
-    "gold_eval",
-    "teacher_labels",
-    "training_set",
-    "review_queue",
-    "reviewed",
-    "review_outbox",
-    "review_import",
-    "incoming",
-    "predictions",
-    "state",
-    "model",
-    "metrics",
-]
-TABULAR = ("jsonl", "csv", "parquet")
-
-
-class CatalogError(UserError, KeyError):
-    """An entry, version or file the catalog does not have."""
-
-
-class DatasetEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    path: str
-    format: Literal["jsonl", "csv", "parquet", "json"] = "jsonl"  # json: one document
-    kind: str | None = None
-    role: Role
-    labels: list[str] = Field(default_factory=list)
-    versioned: bool = False
-    # Written outside the dvc.yaml stages (e.g. by the review sync flow); None: a stage produces it.
-    produced_by: str | None = None
-    description: str = ""
-    task: str | None = None  # the task the entry belongs to (None: a free-standing dataset)
-    columns: dict[str, str] = Field(default_factory=dict)  # field -> the file's column
-    label_map: dict[str, str] = Field(default_factory=dict)  # the file's label value -> label
-    id_prefix: str | None = None  # rows without an id get <prefix><row number>
-
-    @field_validator("kind")
-    @classmethod
-    def _known_kind(cls, v: str | None) -> str | None:
-        from potstill.kinds import KINDS
-
-        if v is not None and v not in KINDS:
-            raise ValueError(f"unknown kind {v!r}; known kinds: {', '.join(KINDS)}")
-        return v
-
-    @property
-    def mapping(self) -> ColumnMap:
-        return ColumnMap.of(self.columns, self.label_map, self.id_prefix)
-
-    @property
-    def short_name(self) -> str:
-        return self.name.split("/", 1)[1] if self.task else self.name
-
-
-class PromptEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    path: str
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class Saved:
-    """What a save wrote: enough to record lineage in MLflow."""
-
-    name: str
-    path: Path
-    rows: int
-    digest: str
-    version: str | None = None  # "v3" for versioned entries
-    md5: str | None = None
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def md5_bytes(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()  # DVC's content hash of a file
-
-
-def parse_rows(data: bytes, fmt: str, where: str) -> list[dict[str, Any]]:
-    if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            return pq.read_table(pa.BufferReader(data)).to_pylist()
-        except Exception as exc:  # pyarrow raises several types for bytes that are not Parquet
-            raise CatalogError(f"{where}: not a Parquet file ({exc})") from None
-    text = data.decode("utf-8-sig")
-    if fmt == "csv":
-        return list(csv.DictReader(io.StringIO(text, newline="")))
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise CatalogError(f"{where}:{lineno}: not valid JSON ({exc.msg})") from None
-    return rows
-
-
-def count_rows(path: Path, fmt: str) -> int | None:
-    """Rows of a file as it is, without parsing them (a hand-edited file may hold broken lines, which the
-    reader reports later): non-empty lines, less the CSV header; Parquet's own row count."""
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            return int(pq.read_metadata(path).num_rows)
-        except Exception:  # not Parquet: the reader says so, with the file
-            return None
-    if fmt not in TABULAR:
-        return None
-    lines = sum(1 for line in path.read_bytes().splitlines() if line.strip())
-    return max(lines - (fmt == "csv"), 0)
 
 
 class Catalog:
@@ -266,29 +155,6 @@ class Catalog:
 
     def task_dir(self) -> Path:
         return self.root / self.task().data_dir if self.scope else self.root / "catalog" / "data"
-
-    def missing_task_data(self) -> list[str]:
-        """The task's input files that are missing: [] when both exist; the demo may build them, any other
-        task stops with a TaskError naming the files and the task, before anything is read or written (so
-        the file that is there stays exactly as it is). Present files are checked against the column
-        mapping."""
-        from potstill.data.tasks import check_columns
-
-        spec = self.task()
-        inputs = ("prompts", "gold")
-        missing = [name for name in inputs if not self.exists(name)]
-        if not missing:
-            check_columns(spec, {name: self.file(name) for name in inputs})
-            return []
-        if spec.demo is not None:
-            return missing
-        files = " and ".join(f"the {name} file {self.dataset(name).path}" for name in missing)
-        verb = "is" if len(missing) == 1 else "are"
-        raise TaskError(
-            f"task {spec.name!r}: {files} {verb} missing. Restore it with `potstill catalog checkout --task "
-            f"{spec.name} {missing[0]}@vN` (its versions: `potstill catalog log --task {spec.name} "
-            f"{missing[0]}`), or declare the task again with `potstill task new`."
-        )
 
     def quarantine_path(self, name: str) -> Path:
         """Rows of `name` set aside by validation (catalog/data/<task>/quarantine/<entry>.jsonl)."""
@@ -512,34 +378,16 @@ class Catalog:
         return self.full_name(name) in self.prompts
 
 
-class ScopedVersionLog:
-    """A task view's version log: short names (`train_set`, `prompt.teacher_prompt`) mean the task's."""
-
-    def __init__(self, log: VersionLog, view: Catalog):
-        self._log, self._view = log, view
-        self.folder = log.folder
-
-    def _key(self, name: str) -> str:
-        if "/" in name:
-            return name
-        if name.startswith("prompt."):
-            return self._view.prompt_key(name.removeprefix("prompt."))
-        return self._view.full_name(name)
-
-    def path(self, name: str) -> Path:
-        return self._log.path(self._key(name))
-
-    def records(self, name: str) -> list[VersionRecord]:
-        return self._log.records(self._key(name))
-
-    def latest(self, name: str) -> VersionRecord | None:
-        return self._log.latest(self._key(name))
-
-    def get(self, name: str, version: str | int) -> VersionRecord:
-        return self._log.get(self._key(name), version)
-
-    def find_md5(self, name: str, md5: str) -> VersionRecord | None:
-        return self._log.find_md5(self._key(name), md5)
-
-    def append(self, name: str, **fields: Any) -> VersionRecord:
-        return self._log.append(self._key(name), **fields)
+__all__ = [
+    "TABULAR",
+    "Catalog",
+    "CatalogError",
+    "DatasetEntry",
+    "PromptEntry",
+    "Role",
+    "Saved",
+    "count_rows",
+    "file_digest",
+    "md5_bytes",
+    "parse_rows",
+]

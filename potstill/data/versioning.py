@@ -316,3 +316,36 @@ class DvcStore:
 def md5_of_dvc_file(dvc_file: Path) -> str:
     data = yaml.safe_load(dvc_file.read_text())
     return str(data["outs"][0]["md5"])
+
+
+class ScopedVersionLog:
+    """A task view's version log: short names (`train_set`, `prompt.teacher_prompt`) mean the task's."""
+
+    def __init__(self, log: VersionLog, view: Any):
+        self._log, self._view = log, view
+        self.folder = log.folder
+
+    def _key(self, name: str) -> str:
+        if "/" in name:
+            return name
+        if name.startswith("prompt."):
+            return self._view.prompt_key(name.removeprefix("prompt."))
+        return self._view.full_name(name)
+
+    def path(self, name: str) -> Path:
+        return self._log.path(self._key(name))
+
+    def records(self, name: str) -> list[VersionRecord]:
+        return self._log.records(self._key(name))
+
+    def latest(self, name: str) -> VersionRecord | None:
+        return self._log.latest(self._key(name))
+
+    def get(self, name: str, version: str | int) -> VersionRecord:
+        return self._log.get(self._key(name), version)
+
+    def find_md5(self, name: str, md5: str) -> VersionRecord | None:
+        return self._log.find_md5(self._key(name), md5)
+
+    def append(self, name: str, **fields: Any) -> VersionRecord:
+        return self._log.append(self._key(name), **fields)
