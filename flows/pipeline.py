@@ -220,14 +220,14 @@ def route(ctx: RunContext, data: dict[str, Any]) -> None:
 
 
 def require_student(spec: TaskSpec) -> None:
-    """A student exists for kinds with a fixed label set (classification, NLI); for the others the teacher
-    still labels (`potstill step label`), and the run says so before it spends time on that."""
-    kind = spec.kind_object
-    if kind.score is None or not kind.fixed_labels:
+    """Every kind has a student: a classifier for a fixed label set (classification, NLI), a generator for
+    the others; a kind without an evaluation (a new kind module in progress) stops here, before the
+    teacher spends time on rows no student can learn."""
+    if spec.kind_object.score is None:
         raise TaskError(
-            f"task {spec.name!r} is of kind {spec.kind}: students of this kind are not built yet (only "
-            "classification and nli). Its teacher labels are: `potstill step label --task "
-            f"{spec.name}` writes them to the catalog entry {spec.name}/teacher_labels."
+            f"task {spec.name!r} is of kind {spec.kind}, which has no student evaluation (Kind.score) yet. "
+            f"Its teacher labels are: `potstill step label --task {spec.name}` writes them to the catalog "
+            f"entry {spec.name}/teacher_labels."
         )
 
 
@@ -242,7 +242,7 @@ def train(ctx: RunContext, data: dict[str, Any]) -> None:
         eval_name=catalog.full_name("gold"),
     )
     base = data.get("student_base") or build_student(
-        cfg, ctx.templates["student_prompt"], ctx.spec.label_set, ctx.run_dir / "student_base"
+        cfg, ctx.templates["student_prompt"], ctx.spec.label_set, ctx.run_dir / "student_base", ctx.spec.kind
     )
     signals = None
     if cfg.distill.method == "logit_offline":  # the teacher's stored top-k: labeling again finds it done
@@ -278,14 +278,21 @@ def _replace_models_pointer(ctx: RunContext, models: dict[str, str]) -> None:
             shutil.rmtree(mark.parent, ignore_errors=True)
 
 
+def teacher_text(record: dict[str, Any]) -> str | None:
+    """What the teacher wrote for a row: math's chain of thought, a free-text kind's output."""
+    return record.get("rationale") or record.get("output")
+
+
 def evaluate(ctx: RunContext, data: dict[str, Any]) -> None:
     """Teacher, untrained (or champion) and trained student on the gold rows, and on the new slice when the
     run has one (retrain)."""
     catalog, gold = ctx.catalog, data["gold"].rows
     teacher = data.get("teacher_gold")
     if teacher is None:
-        by_id = {r["id"]: r["label"] for r in catalog.load("teacher_gold_labels")}
-        teacher = {"pred": [by_id[r["id"]] for r in gold]}
+        by_id = {r["id"]: r for r in catalog.load("teacher_gold_labels")}
+        teacher = {"pred": [by_id[r["id"]]["label"] for r in gold], "rows": [by_id[r["id"]] for r in gold]}
+    if ctx.spec.kind_object.generative and "rows" in teacher:  # the teacher's texts beside its answers
+        teacher = {**teacher, "responses": [teacher_text(r) for r in teacher["rows"]]}
     models = data.get("models") or catalog.load_json("models")
     batch = ctx.cfg.student.eval_batch_size
     base_name, name = data.get("eval_names", ("student (untrained)", "student"))

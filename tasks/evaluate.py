@@ -13,8 +13,12 @@ from tqdm.auto import tqdm
 from potstill import metrics as M
 from potstill.kinds import ScoreFn, get_kind
 from potstill.models import count_parameters, folder_size_bytes
-from potstill.training.classifier import Classifier
+from potstill.training.generator import Generator, load_student
 from tasks.tracking import log_file, log_json, log_metrics
+
+# What it costs to answer, logged per model (teacher_, student_base_, student_): rows/s, latency per row,
+# parameters, size on disk, and for generative models tokens per answer and generated tokens/s.
+SPEED_KEYS = ("rows_per_s", "latency_ms", "params", "size_mb", "tokens_per_answer", "generated_tokens_per_s")
 
 
 def student_score(kind: str) -> ScoreFn:
@@ -26,18 +30,28 @@ def student_score(kind: str) -> ScoreFn:
 
 @task(name="predict_gold", cache_policy=NO_CACHE)
 def predict_gold(folder: Path, gold: list[dict[str, Any]], batch_size: int, what: str) -> dict[str, Any]:
-    clf = Classifier.load(folder, batch_size)
+    """A saved student's answers on the gold rows (never shown their labels) and what they cost; a
+    generative student also reports its generated texts, tokens per answer and generated tokens/s."""
+    student = load_student(folder, batch_size)
     unlabeled = [{k: v for k, v in r.items() if k != "label"} for r in gold]
     with tqdm(total=len(gold), desc=f"{what} on gold", unit="row") as bar:
-        scores, seconds = clf.timed_predict(unlabeled, progress=bar.update)
-    return {
+        scores, seconds = student.timed_predict(unlabeled, progress=bar.update)
+    out: dict[str, Any] = {
         "pred": [s.label for s in scores],
         "confidence": [s.confidence for s in scores],
         "rows_per_s": len(gold) / seconds,
-        "latency_ms": clf.latency_ms(unlabeled),
-        "params": count_parameters(clf.model),
+        "latency_ms": student.latency_ms(unlabeled),
+        "params": count_parameters(student.model),
         "size_mb": folder_size_bytes(folder) / 1e6,
     }
+    if isinstance(student, Generator):
+        tokens = sum(s.tokens for s in scores)
+        out |= {
+            "responses": [s.response for s in scores],
+            "tokens_per_answer": tokens / max(len(scores), 1),
+            "generated_tokens_per_s": tokens / seconds if seconds else 0.0,
+        }
+    return out
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
@@ -53,16 +67,40 @@ def evaluate(
     """Metrics named as dashboards expect: teacher_accuracy, student_accuracy, agreement, ... (the kind's
     own scores, prefixed by who was scored)."""
     score = student_score(kind)
+    k = get_kind(kind)
     y = [r["label"] for r in gold]
     out: dict[str, float] = {}
     for name, res in (("teacher", teacher), ("student_base", base), ("student", student)):
-        out |= {f"{name}_{k}": v for k, v in score(y, res["pred"], labels).items()}
-        for key in ("rows_per_s", "latency_ms", "params", "size_mb"):
+        out |= {f"{name}_{m}": v for m, v in score(y, res["pred"], labels).items()}
+        for key in SPEED_KEYS:
             if key in res:
                 out[f"{name}_{key}"] = float(res[key])
-    out["agreement"] = M.agreement(teacher["pred"], student["pred"])
-    out["majority_baseline"] = max(y.count(lab) for lab in labels) / len(y)
+    agree = k.agree or M.agreement
+    out["agreement"] = agree(teacher["pred"], student["pred"])
+    if k.fixed_labels:
+        out["majority_baseline"] = max(y.count(lab) for lab in labels) / len(y)
     log_metrics(run_id, out)
+    answers = {"teacher": teacher, "student_base": base, "student": student}
+    predictions = [
+        {"id": r["id"], "gold": g, **{who: res["pred"][i] for who, res in answers.items()}}
+        for i, (r, g) in enumerate(zip(gold, y, strict=True))
+    ]
+    for who, res in answers.items():  # a generative model's texts beside what was read out of them
+        if "responses" in res:
+            for row, text in zip(predictions, res["responses"], strict=True):
+                row[f"{who}_response"] = text
+    log_json(run_id, predictions, "eval/gold_predictions.json")
+    headline = k.headline.removeprefix("student_")
+    get_run_logger().info(
+        "%s: teacher %.3f | student before %.3f after %.3f | agreement %.3f",
+        headline,
+        out.get(f"teacher_{headline}", float("nan")),
+        out.get(f"student_base_{headline}", float("nan")),
+        out.get(f"student_{headline}", float("nan")),
+        out["agreement"],
+    )
+    if not k.fixed_labels:
+        return out
     with tempfile.TemporaryDirectory() as tmp:
         plot = M.plot_confusion(
             {
@@ -75,16 +113,4 @@ def evaluate(
             title=f"gold split, {len(y)} rows",
         )
         log_file(run_id, plot, "plots")
-    predictions = [
-        {"id": r["id"], "gold": g, "teacher": t, "student_base": b, "student": s}
-        for r, g, t, b, s in zip(gold, y, teacher["pred"], base["pred"], student["pred"], strict=True)
-    ]
-    log_json(run_id, predictions, "eval/gold_predictions.json")
-    get_run_logger().info(
-        "teacher %.3f | student before %.3f after %.3f | agreement %.3f",
-        out["teacher_accuracy"],
-        out["student_base_accuracy"],
-        out["student_accuracy"],
-        out["agreement"],
-    )
     return out

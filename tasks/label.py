@@ -26,7 +26,7 @@ from prefect.context import TaskRunContext
 from tqdm.auto import tqdm
 
 from potstill.config import TeacherConfig
-from potstill.kinds import GENERATIVE_KINDS, KindSpec, RationaleSpec, label_rows
+from potstill.kinds import GENERATIVE_KINDS, KindSpec, RationaleSpec, get_kind, label_rows
 from potstill.labeling.shards import DEFAULT_SHARD_ROWS, label_sharded, rows_digest, run_folder
 from potstill.labeling.signals import DEFAULT_TOP_K
 from potstill.models import (
@@ -69,7 +69,7 @@ def kind_spec(cfg: TeacherConfig, kind: str, labels: list[str]) -> KindSpec:
         max_new_tokens=cfg.max_new_tokens,
         top_logprobs=top_k,
         seed=cfg.seed,
-        stop=tuple(cfg.stop),
+        stop=tuple(cfg.stop) or get_kind(kind).default_stop,
     )
 
 

@@ -80,6 +80,7 @@ def load_data(
         prompts = read["prompts"]
         kind_fields = spec.kind_object.fields
         columns = sorted({k for r in prompts.rows[:100] for k in r} or set(kind_fields))
+        columns += list(spec.kind_object.derived_fields)  # computed from the row (choices_text)
         problems = [p for t in templates or [] for p in check_template(t, columns)]
         if problems:
             raise DataValidationError(

@@ -26,6 +26,7 @@ from potstill.data.catalog import Catalog, CatalogError
 from potstill.operations.drift import Disagreement, DriftReport, DriftSample, drift_report
 from potstill.operations.monitoring import (
     RetrainDecision,
+    answer_length_bucket,
     drift_config,
     empty_state,
     input_text,
@@ -48,7 +49,16 @@ class Window:
 
     @property
     def labels(self) -> list[str]:
+        """The categories prediction drift compares: a classifier's labels; for a generative model, which
+        length bucket each answer falls in (its answers are texts, too many to count)."""
+        if self.predictions and "label" not in self.predictions[0]:
+            return [answer_length_bucket(p.get("response")) for p in self.predictions]
         return [p["label"] for p in self.predictions]
+
+    @property
+    def answers(self) -> list[str | None]:
+        """What the model answered per row (a label, or what a generative kind read out of the text)."""
+        return [p["label"] if "label" in p else p.get("answer") for p in self.predictions]
 
     @property
     def confidences(self) -> list[float]:
@@ -57,7 +67,7 @@ class Window:
     def disagreement(self) -> Disagreement | None:
         if not self.teacher:
             return None
-        return Disagreement.from_labels(self.teacher, self.labels[: len(self.teacher)])
+        return Disagreement.from_labels(self.teacher, self.answers[: len(self.teacher)])
 
 
 def _reference_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:

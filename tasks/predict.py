@@ -61,7 +61,8 @@ def _pyfunc(uri: str, tracking_uri: str) -> Any:
 
 
 def predict_rows(served: ServedModel, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """label, confidence and p_<label> per row (plain floats), in the order of `rows`."""
+    """In the order of `rows`: a classifier's label, confidence and p_<label> (plain floats), or a
+    generator's response, answer (None when nothing could be read) and confidence."""
     if not rows:
         return []
     missing = [f for f in served.fields if f not in rows[0]]
@@ -69,10 +70,17 @@ def predict_rows(served: ServedModel, rows: list[dict[str, Any]]) -> list[dict[s
         raise CatalogError(f"rows lack the field(s) {missing} that {served.uri} reads")
     frame = pd.DataFrame([{f: r[f] for f in served.fields} for r in rows])
     out = _pyfunc(served.uri, mlflow.get_tracking_uri()).predict(frame)
-    return [
-        {k: (str(v) if k == "label" else float(v)) for k, v in rec.items()}
-        for rec in out.to_dict(orient="records")
-    ]
+    return [{k: _plain(k, v) for k, v in rec.items()} for rec in out.to_dict(orient="records")]
+
+
+def _plain(key: str, value: Any) -> Any:
+    """JSON-ready values: texts stay text (a missing answer None), numbers become floats."""
+    if key in TEXT_COLUMNS:
+        return None if value is None or (isinstance(value, float) and value != value) else str(value)
+    return float(value)
+
+
+TEXT_COLUMNS = ("label", "response", "answer")
 
 
 def batch_versions(catalog: Catalog, entry: str) -> list[str]:

@@ -24,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 
 from potstill.config import RunConfig
 from potstill.data.tasks import RegistryTarget
+from potstill.kinds import get_kind
 from potstill.models import default_cache_dir
 from potstill.operations.gate import (
     GateConfig,
@@ -33,15 +34,17 @@ from potstill.operations.gate import (
     decide_promotion,
     rollback_plan,
 )
-from potstill.training.classifier import Classifier
+from potstill.training.generator import Generator, Student, load_student
 from tasks.tracking import log_json, resumed
 
 
 class StudentModel(mlflow.pyfunc.PythonModel):
-    """Serves a registered student: a DataFrame of prompt fields in, label + confidence + distribution out."""
+    """Serves a registered student: a DataFrame of prompt fields in; a classifier's label + confidence +
+    distribution out, or a generator's response (the text), answer (what the kind reads out of it) and
+    confidence."""
 
     def load_context(self, context: Any) -> None:
-        self.clf = Classifier.load(Path(context.artifacts["student"]))
+        self.clf = load_student(Path(context.artifacts["student"]))
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -49,7 +52,13 @@ class StudentModel(mlflow.pyfunc.PythonModel):
         return predict_frame(self.clf, model_input)
 
 
-def predict_frame(clf: Classifier, frame: pd.DataFrame) -> pd.DataFrame:
+def predict_frame(clf: Student, frame: pd.DataFrame) -> pd.DataFrame:
+    if isinstance(clf, Generator):
+        answers = clf.generate(frame.to_dict(orient="records"))
+        return pd.DataFrame(
+            [{"response": a.response, "answer": a.answer, "confidence": a.confidence} for a in answers],
+            columns=["response", "answer", "confidence"],
+        )
     scores = clf.predict(frame.to_dict(orient="records"))
     return pd.DataFrame(
         [
@@ -57,6 +66,14 @@ def predict_frame(clf: Classifier, frame: pd.DataFrame) -> pd.DataFrame:
             for s in scores
         ]
     )
+
+
+def input_fields(clf: Student) -> list[str]:
+    """The columns a caller sends: the row fields the student prompt renders (a generator's kind derives
+    some of them, e.g. multiple choice's `choices_text` from `choices`)."""
+    if isinstance(clf, Generator):
+        return list(get_kind(clf.kind).fields)
+    return clf.prompt.fields
 
 
 def scores_from_metrics(metrics: dict[str, float], metric: str, prefix: str = "student_") -> ModelScores:
@@ -267,8 +284,8 @@ def register_student(
     reads the champion there, so concurrent runs promote in turn, each against the latest champion."""
     client = MlflowClient()
     model_name, metric = target.model_name, target.metric
-    clf = Classifier.load(folder)
-    fields = clf.prompt.fields
+    clf = load_student(folder)
+    fields = input_fields(clf)
     example = pd.DataFrame([{f: r[f] for f in fields} for r in sample[:3]])
     signature = infer_signature(example, predict_frame(clf, example))
     with resumed(run_id):

@@ -18,6 +18,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from potstill.data.catalog import Catalog, CatalogError
+from potstill.kinds import get_kind
 from potstill.operations.retrain import (
     continuation_rows,
     find_student_folder,
@@ -139,8 +140,9 @@ def evaluate_slice(
     prefix: str = "new_slice_",
     kind: str = "classification",
 ) -> dict[str, float]:
-    """Accuracy, macro-F1 and per-label recall of the champion (`before`) and the retrained student
-    (`after`) on rows with a gold label, e.g. `new_slice_before_accuracy` / `new_slice_after_accuracy`."""
+    """The kind's scores (accuracy, macro-F1 and per-label recall for a classifier; exact match, ROUGE-L,
+    ... for a generative kind) of the champion (`before`) and the retrained student (`after`) on rows with
+    a gold label, e.g. `new_slice_before_accuracy` / `new_slice_after_accuracy`."""
     y = [r["label"] for r in rows]
     out: dict[str, float] = {f"{prefix}rows": float(len(rows))}
     score = student_score(kind)
@@ -155,11 +157,13 @@ def evaluate_slice(
         ],
         f"eval/{prefix.rstrip('_')}_predictions.json",
     )
+    headline = get_kind(kind).headline.removeprefix("student_")
     get_run_logger().info(
-        "%s%d rows: accuracy %.3f before, %.3f after",
+        "%s%d rows: %s %.3f before, %.3f after",
         prefix,
         len(rows),
-        out[f"{prefix}before_accuracy"],
-        out[f"{prefix}after_accuracy"],
+        headline,
+        out.get(f"{prefix}before_{headline}", float("nan")),
+        out.get(f"{prefix}after_{headline}", float("nan")),
     )
     return out

@@ -12,9 +12,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from potstill.config import RunConfig
+from potstill.kinds import get_kind
 from potstill.models import default_cache_dir, load_model
 from potstill.prompts import PromptTemplate
 from potstill.training.classifier import Classifier
+from potstill.training.generator import Generator, load_student
 from potstill.training.launch import launch_training
 from potstill.training.methods import DistillInputs
 from potstill.training.methods import train as distill_student
@@ -28,8 +30,11 @@ TRAIN_LOG_KEYS = ("loss", "grad_norm", "learning_rate", "tokens_per_s")
 
 
 @task(name="build_student", cache_policy=NO_CACHE)
-def build_student(cfg: RunConfig, prompt: PromptTemplate, labels: list[str], folder: Path) -> Path:
-    """Save the untrained student (with its prompt) so it can be evaluated and trained from one place."""
+def build_student(
+    cfg: RunConfig, prompt: PromptTemplate, labels: list[str], folder: Path, kind: str = "classification"
+) -> Path:
+    """Save the untrained student (with its prompt) so it can be evaluated and trained from one place: a
+    classifier over the label set for classification and NLI, a generator for the other kinds."""
     if cfg.student.model == "pruned-teacher":
         teacher, tokenizer = load_model(cfg.teacher.model)
         layers = cfg.student.layers or list(range(teacher.config.num_hidden_layers))
@@ -40,6 +45,12 @@ def build_student(cfg: RunConfig, prompt: PromptTemplate, labels: list[str], fol
     else:
         model, tokenizer = load_model(cfg.student.model)
     shutil.rmtree(folder, ignore_errors=True)
+    if not get_kind(kind).fixed_labels:
+        # step_by_step's label task is the short answer (the rationale is its second task), so that is
+        # what its student writes at inference, as in the paper.
+        response = "answer" if cfg.distill.method == "step_by_step" else cfg.student.response
+        student = Generator(model, tokenizer, prompt, kind, response, cfg.student.max_new_tokens)
+        return student.save(folder)
     return Classifier(model, tokenizer, prompt, labels).save(folder)
 
 
@@ -79,7 +90,7 @@ def train_student(
             echo=get_run_logger().info,
         )
     else:
-        student = Classifier.load(base)
+        student = load_student(base)
         result = distill_student(
             DistillInputs.for_run(
                 cfg,

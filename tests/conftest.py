@@ -346,3 +346,70 @@ def tiny_overrides(tiny_model_dir: Path, prompts: int = 64, gold: int = 32) -> l
         "student.eval_batch_size=16",
         "student.logging_steps=1",
     ]
+
+
+# ---- a tiny teacher that answers math questions: taught once, cached
+
+MATH_ANSWER = " So 3 + 4 = 7.\n#### 7"
+
+
+def teach_tiny_model(
+    base: Path, folder: Path, prompts: list[str], completion: str, steps: int = 120, lr: float = 3e-3
+) -> Path:
+    """A copy of the tiny model trained (plain torch, loss on the completion) to write `completion` and
+    stop after any of `prompts`: a teacher whose answers a test can predict, built once and cached."""
+    if (folder / "config.json").exists():
+        return folder
+    tok = prepare_tokenizer(AutoTokenizer.from_pretrained(base))
+    model = LlamaForCausalLM.from_pretrained(base, dtype=torch.float32)
+    torch.manual_seed(0)
+    target = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    seqs = [(tok(p, add_special_tokens=False)["input_ids"], target) for p in prompts]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for step in range(steps):
+        batch = [seqs[(step * 4 + j) % len(seqs)] for j in range(4)]
+        width = max(len(p) + len(c) for p, c in batch)
+        ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for b, (p, c) in enumerate(batch):
+            ids[b, : len(p) + len(c)] = torch.tensor(p + c)
+            labels[b, len(p) : len(p) + len(c)] = torch.tensor(c)
+            mask[b, : len(p) + len(c)] = 1
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(folder)
+    return folder
+
+
+def math_questions(n: int, start: int = 0) -> list[dict[str, str]]:
+    """Arithmetic word problems with GSM8K-style solutions; every third one's answer is 7."""
+    out = []
+    for i in range(start, start + n):
+        a, b = (3, 4) if i % 3 == 0 else (i % 9 + 1, i % 5 + 10)
+        q = f"Sam has {a} apples and gets {b} more. How many apples does Sam have? (case {i})"
+        out.append({"problem": q, "solution": f"{a} + {b} = {a + b}.\n#### {a + b}"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def math_teacher_dir(tiny_model_dir: Path) -> Path:
+    """The tiny model taught to answer every question under the math kind's default teacher prompt with
+    `MATH_ANSWER` (the questions of `math_questions(96)`, which the tests draw from): a teacher whose
+    labels are readable, for generative tests. Under the short student prompt it was never taught
+    anything, so a student has to learn the answer from the teacher's labels."""
+    from potstill.kinds import get_kind
+    from potstill.prompts import PromptTemplate
+
+    template = PromptTemplate("t", get_kind("math").teacher_prompt)
+    prompts = [template.render({"question": r["problem"]}) for r in math_questions(96)]
+    folder = CACHE / "test-models" / "tiny-math-teacher-v2"
+    return teach_tiny_model(tiny_model_dir, folder, prompts, MATH_ANSWER, steps=160)

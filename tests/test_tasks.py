@@ -308,12 +308,18 @@ def test_two_concurrent_runs_register_their_own_weights(
     assert not list((project / "catalog/data/reviews/runs").glob("*"))  # each run removed its own folder
 
 
-def test_a_kind_without_a_student_says_so_before_labeling():
+def test_every_kind_has_a_student_and_a_kind_without_an_evaluation_says_so_before_labeling(monkeypatch):
+    from dataclasses import replace
+
+    import potstill.kinds as kinds
     from flows.pipeline import require_student
 
+    for kind, k in kinds.KINDS.items():
+        labels = ["a", "b"] if k.fixed_labels and not k.default_labels else []
+        require_student(TaskSpec.model_validate(_spec(name="t", kind=kind, labels=labels)))
+    monkeypatch.setitem(kinds.KINDS, "math", replace(kinds.KINDS["math"], score=None))
     spec = TaskSpec.model_validate(_spec(name="sums", kind="math", labels=[]))
     with pytest.raises(
-        TaskError, match=r"kind math: students of this kind are not built yet.*step label --task sums"
+        TaskError, match=r"kind math, which has no student evaluation.*step label --task sums"
     ):
         require_student(spec)
-    require_student(TaskSpec.model_validate(_spec(name="ok")))  # classification: fine

@@ -7,9 +7,18 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+# Every row a kind may report; a row shows when one of the three models has it (a classifier's accuracy
+# and macro-F1, math's exact match, free text's ROUGE-L, ...).
 ROWS = [
     ("accuracy", "{}_accuracy", "{:.1%}"),
     ("macro-F1", "{}_macro_f1", "{:.3f}"),
+    ("exact match", "{}_exact_match", "{:.1%}"),
+    ("no answer read", "{}_no_answer_rate", "{:.1%}"),
+    ("no choice read", "{}_no_choice_rate", "{:.1%}"),
+    ("ROUGE-L", "{}_rouge_l", "{:.3f}"),
+    ("answer length (words)", "{}_length_words", "{:.1f}"),
+    ("tokens / answer", "{}_tokens_per_answer", "{:.1f}"),
+    ("generated tokens/s", "{}_generated_tokens_per_s", "{:.0f}"),
     ("rows/s (batched)", "{}_rows_per_s", "{:.1f}"),
     ("latency / row (ms)", "{}_latency_ms", "{:.0f}"),
     ("parameters (M)", "{}_params", "{:.1f}"),
@@ -23,6 +32,8 @@ def metrics_table(metrics: dict[str, float]) -> Table:
     for name in ("teacher", "student (untrained)", "student"):
         table.add_column(name, justify="right")
     for title, key, fmt in ROWS:
+        if all(metrics.get(key.format(who)) is None for who in ("teacher", "student_base", "student")):
+            continue
         cells = []
         for who in ("teacher", "student_base", "student"):
             value = metrics.get(key.format(who))
@@ -53,9 +64,11 @@ def render(summary: dict[str, Any], console: Console | None = None) -> None:
             line += f" -> {v['quarantine_file']}"
         console.print(line)
     console.print(metrics_table(m))
+    baseline = m.get("majority_baseline")
     console.print(
-        f"agreement teacher/student {m['agreement']:.1%}; majority baseline {m['majority_baseline']:.1%}; "
-        f"{summary['gold_rows']} gold rows"
+        f"agreement teacher/student {m['agreement']:.1%}; "
+        + (f"majority baseline {baseline:.1%}; " if baseline is not None else "")
+        + f"{summary['gold_rows']} gold rows"
     )
     console.print(
         f"registered [bold]{reg['model_name']}[/] version [bold]{reg['version']}[/] "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -27,7 +27,21 @@ class StudentConfig(Section):
     batch_size: int = Field(16, ge=1, description="Rows per optimizer step.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
-    max_length: int = Field(96, ge=8, description="Student prompt + label tokens; longer rows are cut.")
+    max_length: int | None = Field(
+        None,
+        ge=8,
+        description="Student prompt + answer tokens; longer rows are cut from the prompt's start (null: 96 "
+        "for closed kinds, 320 for generative ones, whose answers are sentences or chains of thought).",
+    )
+    response: Literal["full", "answer"] = Field(
+        "full",
+        description="What a math student learns to write: `full` (the teacher's chain of thought ending in "
+        "`#### N`) or `answer` (`#### N` alone). step_by_step always teaches the answer on the label task "
+        "and the chain of thought as the rationale task. Other kinds: the teacher's answer as it is.",
+    )
+    max_new_tokens: int = Field(
+        128, ge=1, description="Longest answer a generative student writes (evaluation, serving)."
+    )
     bf16: bool = Field(False, description="bf16 autocast (GPU only; TRL's default assumes a GPU).")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory (GPU-sized models).")
     use_cpu: bool = Field(True, description="Train on CPU even when an accelerator is visible.")
@@ -44,6 +58,12 @@ class StudentConfig(Section):
         description="accelerate config file for num_processes > 1 (e.g. infra/accelerate/fsdp2.yaml); "
         "null: DDP (`--multi_gpu`; over gloo on CPU with use_cpu).",
     )
+
+    def for_kind(self, kind: Any) -> StudentConfig:
+        """These settings with `max_length` resolved for a task kind (a `potstill.kinds.Kind`)."""
+        if self.max_length is not None:
+            return self
+        return self.model_copy(update={"max_length": 96 if kind.fixed_labels else 320})
 
     @field_validator("layers")
     @classmethod
@@ -171,7 +191,12 @@ class OnPolicyOptions(Section):
         description="Share of batches on the student's own generations; the others use the teacher's label "
         "as the completion (GKD's lambda; 1: fully on-policy, TRL's behaviour).",
     )
-    max_new_tokens: int = Field(8, ge=1, description="Longest student generation in tokens.")
+    max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Longest student generation in tokens during training (null: 8 for closed kinds, whose "
+        "answer is a label word; `student.max_new_tokens` for generative kinds).",
+    )
 
 
 Method = Literal["sft", "step_by_step", "logit_offline", "logit_online", "hidden_states", "on_policy"]

@@ -44,6 +44,10 @@ def text_fields(kind: str | None) -> tuple[str, ...]:
     return get_kind(kind).text_fields if kind else ("text",)
 
 
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def required_columns(role: str, kind: str | None, labels: Sequence[str]) -> list[str]:
     cols = ["id", *text_fields(kind)]
     cols += ["label"] if role in LABELED_ROLES else []
@@ -74,7 +78,15 @@ def build_checks(
     teacher = role in TEACHER_ROLES
     for c in required_columns(role, kind, labels):
         add(f"{c}.exists", gxe.ExpectColumnToExist(column=c), f"a column {c!r}", blocking=True)
-        if c in present:
+        if c in present and teacher and c in ("label", "distribution") and "parse_error" in present:
+            # A row the teacher's output could not be read for has no label by design: it stays (routing
+            # sends it to review) and the parse_error rate check below bounds how many there are.
+            flags = [v is True for v in frame["parse_error"]]
+            given = [_present(v) or f for v, f in zip(frame[c], flags, strict=True)]
+            frame[f"__{c}_given"] = pd.Series(given, dtype=object)
+            exp = gxe.ExpectColumnValuesToBeInSet(column=f"__{c}_given", value_set=[True])
+            add(f"{c}.not_null", exp, "a value (or a parse_error flag)")
+        elif c in present:
             add(f"{c}.not_null", gxe.ExpectColumnValuesToNotBeNull(column=c), "a value")
     if "id" in present:
         t = _dominant_type(frame["id"])

@@ -43,6 +43,22 @@ def get_kind(name: str) -> Kind:
     return KINDS[name]
 
 
+def prompt_row(kind: str, row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with the fields a prompt of the kind may use beyond the row's own (multiple choice's
+    `choices_text`): labeling, training and the generative student render the same thing."""
+    derive = get_kind(kind).derive
+    return derive(row) if derive is not None else row
+
+
+def read_answer(kind: str, text: str, row: dict[str, Any]) -> str | None:
+    """What a generated text answers, as the kind reads it (math's number, the chosen option of a
+    multiple-choice row); free text is its own answer. None: nothing readable."""
+    read = get_kind(kind).read
+    if read is not None:
+        return read(text, row)
+    return text.strip() or None
+
+
 def label_rows(
     backend: TeacherBackend,
     rows: Sequence[dict[str, Any]],
@@ -82,6 +98,8 @@ __all__ = [
     "majority_vote",
     "normalise",
     "normalise_number",
+    "prompt_row",
+    "read_answer",
     "routing_confidence",
     "text_confidence",
 ]

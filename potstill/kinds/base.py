@@ -34,6 +34,14 @@ class Kind:
     - `score`: how predictions are evaluated against gold answers (None: no student of this kind yet;
       its teacher labels are still produced, `potstill step label`).
     - `parse`: reads the final answer out of a generated text (math), where the kind has one.
+    - `agree`: how teacher-student agreement is measured for the kind, (teacher predictions, student
+      predictions) -> a share in [0, 1]: the same number for math, the same choice for multiple choice,
+      ROUGE-L between the two texts for free text (`potstill.kinds.scores`). None means plain equality
+      of labels (`potstill.metrics.agreement`), right for the fixed-label kinds.
+    - `derive`, `derived_fields`: fields a prompt may use that the kind computes from a row (multiple
+      choice's `choices_text`, the lettered options), the same at labeling, training and serving.
+    - `read`: what a generative student's text answers, given its row (math: the `#### N` number;
+      multiple choice: the option it names); None: the text itself (summarization, chat).
     - `teacher_prompt`, `student_prompt`, `rationale_prompt`: what `potstill task new` writes when the
       user brings no prompt files; `{labels}` is replaced by the task's label list when written.
     """
@@ -52,6 +60,11 @@ class Kind:
     list_fields: tuple[str, ...] = ()  # fields holding a list (multiple choice's `choices`), not text
     score: ScoreFn | None = None
     parse: Callable[[str], str | None] | None = None
+    agree: Callable[[Sequence[str | None], Sequence[str | None]], float] | None = None
+    derive: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    derived_fields: tuple[str, ...] = ()
+    read: Callable[[str, dict[str, Any]], str | None] | None = None
+    default_stop: tuple[str, ...] = ()  # where the teacher stops generating when teacher.stop is empty
 
     @property
     def text_fields(self) -> tuple[str, ...]:

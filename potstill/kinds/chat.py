@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from potstill.kinds.base import Kind
+from potstill.kinds.scores import text_agreement, text_scores
 from potstill.kinds.text import label_text
 
 KIND = Kind(
@@ -14,5 +15,7 @@ KIND = Kind(
     teacher_prompt="User: {text}\nAssistant:",
     student_prompt="User: {text}\nAssistant:",
     headline="student_rouge_l",
+    score=text_scores,
+    agree=text_agreement,
     description="free-text replies to a message or instruction",
 )

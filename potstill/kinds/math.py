@@ -18,6 +18,7 @@ from typing import Any
 
 from potstill.kinds.base import Kind
 from potstill.kinds.common import KindSpec, Labeled, ok, parse_failure, render
+from potstill.kinds.scores import math_agreement, math_scores
 from potstill.labeling.teacher.base import SamplingSpec, TeacherBackend
 from potstill.prompts import PromptError, PromptTemplate
 
@@ -137,6 +138,10 @@ KIND = Kind(
     "Question: {question}\nAnswer:",
     student_prompt="Question: {question}\nAnswer:",
     headline="student_exact_match",
+    score=math_scores,
+    agree=math_agreement,
     parse=extract_answer,
+    read=lambda text, row: extract_answer(text),
+    default_stop=("\n\nQuestion:",),
     description="word problems: chain-of-thought teacher, self-consistency, a numeric final answer",
 )

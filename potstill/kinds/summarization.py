@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from potstill.kinds.base import Kind
+from potstill.kinds.scores import text_agreement, text_scores
 from potstill.kinds.text import label_text
 
 KIND = Kind(
@@ -14,5 +15,7 @@ KIND = Kind(
     teacher_prompt="Summarize the text in one sentence.\n\nText: {text}\nSummary:",
     student_prompt="Text: {text}\nSummary:",
     headline="student_rouge_l",
+    score=text_scores,
+    agree=text_agreement,
     description="free-text summaries of a text",
 )

@@ -139,6 +139,21 @@ def seeded_sample(rows: Sequence[dict[str, Any]], n: int, seed: int) -> list[dic
     return [rows[i] for i in keep]
 
 
+# Upper bounds (in words) of the answer-length buckets whose shares a generative model's prediction drift
+# compares, where a classifier's label shares are compared.
+LENGTH_BUCKETS: tuple[int, ...] = (0, 5, 15, 40, 100)
+
+
+def answer_length_bucket(text: str | None) -> str:
+    """The length bucket of a generated answer (`words<=5`, ..., `words>100`): answers that suddenly get
+    longer or shorter are what a drifting input does to a generative student."""
+    words = len(str(text or "").split())
+    for bound in LENGTH_BUCKETS:
+        if words <= bound:
+            return f"words<={bound}"
+    return f"words>{LENGTH_BUCKETS[-1]}"
+
+
 def input_text(row: Mapping[str, Any], fields: Sequence[str]) -> str:
     """What gets embedded: the prompt fields the model reads, in order (one field: that field)."""
     return "\n".join(str(row.get(f, "")) for f in fields)

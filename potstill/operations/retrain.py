@@ -95,7 +95,8 @@ def continuation_rows(
 
 
 def find_student_folder(root: Path) -> Path:
-    """The Classifier folder inside a downloaded registered model (the pyfunc's `student` artifact)."""
+    """The student folder (classifier or generator) inside a downloaded registered model (the pyfunc's
+    `student` artifact)."""
     found = sorted(p.parent for p in Path(root).rglob(META_FILE))
     if not found:
         raise FileNotFoundError(f"no student folder ({META_FILE}) inside the downloaded model at {root}")
@@ -111,5 +112,8 @@ def train_set_version(tag: str | None) -> str | None:
 
 def gold_slice(rows: list[dict[str, Any]], labels: Sequence[str]) -> list[dict[str, Any]]:
     """Incoming rows that carry a known gold `label` (simulations, or batches labeled later): the new
-    slice on which champion and retrained student are compared."""
+    slice on which champion and retrained student are compared. Without a label set (generative kinds)
+    any non-empty label is a reference answer."""
+    if not labels:
+        return [r for r in rows if isinstance(r.get("label"), str) and r["label"].strip()]
     return [r for r in rows if r.get("label") in labels]

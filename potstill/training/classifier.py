@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from potstill.labeling.scoring import LabelScores, score_labels
 from potstill.models import prepare_tokenizer
-from potstill.prompts import PromptTemplate
+from potstill.prompts import PromptTemplate, label_completion
 
 META_FILE = "potstill.json"
 
@@ -33,6 +33,14 @@ class Classifier:
     batch_size: int = 32
     reuse_prefix: bool = True
     _prefix_memo: dict[tuple[int, str], Any] = field(default_factory=dict, repr=False)
+
+    def prepare(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The row as the prompt renders it (a classifier's prompt derives no fields)."""
+        return row
+
+    def completion(self, row: dict[str, Any]) -> str:
+        """What training teaches after the prompt: ` <label>`, the completion `predict` scores."""
+        return label_completion(row["label"])
 
     def predict(
         self, rows: list[dict[str, Any]], progress: Callable[[int], None] | None = None

@@ -54,7 +54,7 @@ class WorkerSpec:
 
     rows: str  # JSONL, one training row per line
     config: str  # the resolved RunConfig as YAML
-    base: str  # saved base student (potstill Classifier folder)
+    base: str  # saved base student (a potstill Classifier or Generator folder)
     output: str  # rank 0 saves the trained student here
     trainer_dir: str  # scratch folder for the trainer
     result: str  # rank 0 writes the TrainResult JSON here
@@ -279,7 +279,7 @@ def _save_full_model(classifier: Any, output: Path, rank: int) -> None:
 
 @dataclass(frozen=True)
 class _GatheredWeights:
-    """The trained model as Classifier.save sees it, writing the gathered full state dict."""
+    """The trained model as a student's `save` sees it, writing the gathered full state dict."""
 
     model: Any
     state: dict[str, Any]
@@ -343,11 +343,11 @@ def run_worker(spec_path: Path) -> int:
         rows = [json.loads(line) for line in Path(spec.rows).read_text().splitlines() if line.strip()]
         import torch  # after the checks above: a misconfigured launch fails in seconds
 
-        from potstill.training.classifier import Classifier
+        from potstill.training.generator import load_student
 
         global_batch_sampler(world)
         torch.manual_seed(spec.seed)
-        classifier = Classifier.load(Path(spec.base))
+        classifier = load_student(Path(spec.base))
 
         def on_log(step: int, logs: dict[str, float]) -> None:
             print(LOG_TAG + json.dumps({"step": step, "logs": logs}), flush=True)

@@ -31,7 +31,6 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from potstill.prompts import label_completion
 from potstill.training.losses import hidden_state_loss, make_projections
 from potstill.training.methods.common import (
     TrainResult,
@@ -108,7 +107,7 @@ def examples(inputs: DistillInputs) -> list[dict[str, Any]]:
     tok = inputs.tokenizer
     out = []
     for row in inputs.rows:
-        completion = encode_completion(tok, label_completion(row["label"]))
+        completion = encode_completion(tok, inputs.completion(row))
         ids, c = join(encode_prompt(tok, inputs.prompt, row), completion, inputs.student.max_length)
         out.append({"ids": ids, "c": c, "length": len(ids)})
     return out

@@ -10,11 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from potstill.prompts import PromptTemplate
+from potstill.prompts import PromptTemplate, label_completion
 
 if TYPE_CHECKING:
     from potstill.config import DistillConfig, RunConfig, StudentConfig
-    from potstill.training.classifier import Classifier
+    from potstill.training.generator import Student
+
+
+def _label_completion(row: dict[str, Any]) -> str:
+    return label_completion(row["label"])
 
 
 @dataclass
@@ -35,6 +39,10 @@ class DistillInputs:
     )
     teacher_prompt: PromptTemplate | None = None
     signals_dir: Path | None = None  # the teacher's stored top-k signal shards (logit_offline)
+    # What the student learns to write after its prompt for a row (`Classifier.completion`: ` <label>`;
+    # `Generator.completion`: the kind's response, potstill.training.responses): every method asks this.
+    completion: Callable[[dict[str, Any]], str] = _label_completion
+    kind: str = "classification"
 
     @property
     def options(self) -> Any:
@@ -45,7 +53,7 @@ class DistillInputs:
     def for_run(
         cls,
         cfg: RunConfig,
-        student: Classifier,
+        student: Student,
         rows: list[dict[str, Any]],
         output_dir: Path,
         *,
@@ -55,13 +63,18 @@ class DistillInputs:
         signals_dir: Path | None,
     ) -> DistillInputs:
         """The inputs of a pipeline run: the loaded student and the run config's student, distill and
-        teacher settings. The in-process path and each `accelerate launch` rank build them here alike."""
+        teacher settings. The in-process path and each `accelerate launch` rank build them here alike.
+        Rows get the fields their prompt derives (multiple choice's `choices_text`); `student.max_length`
+        left unset is the kind's default."""
+        from potstill.kinds import get_kind
+
+        kind = getattr(student, "kind", "classification")
         return cls(
             model=student.model,
             tokenizer=student.tokenizer,
-            rows=rows,
+            rows=[student.prepare(r) for r in rows],
             prompt=student.prompt,
-            student=cfg.student,
+            student=cfg.student.for_kind(get_kind(kind)),
             distill=cfg.distill,
             output_dir=output_dir,
             seed=seed,
@@ -69,4 +82,6 @@ class DistillInputs:
             teacher_model=cfg.teacher.model,
             teacher_prompt=teacher_prompt,
             signals_dir=signals_dir,
+            completion=student.completion,
+            kind=kind,
         )

@@ -31,7 +31,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import SFTTrainer
 
 from potstill.labeling.signals import RowSignals, load_signals, signal_key
-from potstill.prompts import label_completion
 from potstill.training.losses import LossParts, SparseSignal
 from potstill.training.methods.common import (
     MeteredMixin,
@@ -111,7 +110,7 @@ def build_targets(
     out = []
     for r in rows:
         prompt = encode_prompt(tok, inputs.prompt, r)
-        ids, c = join(prompt, encode_completion(tok, label_completion(r["label"])), inputs.student.max_length)
+        ids, c = join(prompt, encode_completion(tok, inputs.completion(r)), inputs.student.max_length)
         stored = signals.get(signal_key(r["id"]))
         top_ids, top_lp, tail, same = aligned_targets(ids[len(ids) - c :], stored, k)
         out.append(RowTargets(ids, c, top_ids, top_lp, tail, int(same)))

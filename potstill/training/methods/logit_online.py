@@ -17,7 +17,6 @@ from transformers import PreTrainedModel
 from trl import SFTTrainer
 
 from potstill.config.training import LogitOnlineOptions
-from potstill.prompts import label_completion
 from potstill.training.losses import DenseSignal
 from potstill.training.methods.common import (
     MeteredMixin,
@@ -42,7 +41,7 @@ def examples(inputs: DistillInputs) -> list[dict[str, Any]]:
     teacher_prompt = inputs.teacher_prompt or inputs.prompt
     out = []
     for row in inputs.rows:
-        completion = encode_completion(tok, label_completion(row["label"]))
+        completion = encode_completion(tok, inputs.completion(row))
         s_ids, s_c = join(encode_prompt(tok, inputs.prompt, row), completion, inputs.student.max_length)
         t_ids, t_c = join(encode_prompt(tok, teacher_prompt, row), completion, TEACHER_MAX_LENGTH)
         c = min(s_c, t_c)

@@ -23,7 +23,6 @@ from datasets import Dataset
 from trl import DistillationConfig, DistillationTrainer
 
 from potstill.config.training import OnPolicyOptions
-from potstill.prompts import label_completion
 from potstill.training.methods.common import (
     MeteredMixin,
     TrainResult,
@@ -72,6 +71,15 @@ class OnPolicyTrainer(MeteredMixin, DistillationTrainer):
         return (loss, None) if return_outputs else loss
 
 
+def generation_length(inputs: DistillInputs) -> int:
+    """How long the student's samples may get: a label word for a closed kind, a whole answer otherwise."""
+    from potstill.kinds import get_kind
+
+    if inputs.options.max_new_tokens is not None:
+        return int(inputs.options.max_new_tokens)
+    return 8 if get_kind(inputs.kind).fixed_labels else inputs.student.max_new_tokens
+
+
 def make_trainer(inputs: DistillInputs) -> OnPolicyTrainer:
     """The trainer, with the teacher loaded and the vocabularies checked (before any step)."""
     require_rows(inputs)
@@ -88,12 +96,10 @@ def make_trainer(inputs: DistillInputs) -> OnPolicyTrainer:
         **trainer_kwargs(inputs),
         beta=trl_beta(d),
         temperature=d.temperature,
-        max_completion_length=d.max_new_tokens,
+        max_completion_length=generation_length(inputs),
     )
     model = with_lora(inputs.model, inputs)
-    rows = [
-        {"prompt": inputs.prompt.render(r), "completion": label_completion(r["label"])} for r in inputs.rows
-    ]
+    rows = [{"prompt": inputs.prompt.render(r), "completion": inputs.completion(r)} for r in inputs.rows]
     trainer = OnPolicyTrainer(
         model=model,
         teacher_model=teacher,

@@ -8,6 +8,7 @@ trainer below runs the head only there. Every logging step reports tokens/s.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel
 from trl import SFTConfig, SFTTrainer
 
-from potstill.prompts import PromptTemplate, label_completion
+from potstill.prompts import PromptTemplate
 from potstill.training.methods.common import (
     MeteredMixin,
     TrainResult,
@@ -29,9 +30,12 @@ from potstill.training.methods.common import (
 from potstill.training.methods.inputs import DistillInputs
 
 
-def sft_examples(rows: list[dict[str, Any]], prompt: PromptTemplate) -> list[dict[str, str]]:
-    """Prompt-completion pairs: the student prompt, then ` <label>` (TRL appends EOS)."""
-    return [{"prompt": prompt.render(r), "completion": label_completion(r["label"])} for r in rows]
+def sft_examples(
+    rows: list[dict[str, Any]], prompt: PromptTemplate, completion: Callable[[dict[str, Any]], str]
+) -> list[dict[str, str]]:
+    """Prompt-completion pairs: the student prompt, then what the student writes (` <label>`, or a
+    generative kind's response); TRL appends EOS."""
+    return [{"prompt": prompt.render(r), "completion": completion(r)} for r in rows]
 
 
 def label_only_loss(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -69,7 +73,7 @@ def train(inputs: DistillInputs) -> TrainResult:
     trainer = LabelOnlySFTTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(sft_examples(inputs.rows, inputs.prompt)),
+        train_dataset=Dataset.from_list(sft_examples(inputs.rows, inputs.prompt, inputs.completion)),
         processing_class=inputs.tokenizer,
         callbacks=callbacks(inputs),
     )

@@ -23,7 +23,6 @@ from transformers import PreTrainedModel
 from trl import SFTTrainer
 
 from potstill.config.training import StepByStepOptions
-from potstill.prompts import label_completion
 from potstill.training.losses import distillation_loss
 from potstill.training.methods.common import (
     MeteredMixin,
@@ -50,7 +49,7 @@ def examples(inputs: DistillInputs) -> list[dict[str, Any]]:
     tok, d = inputs.tokenizer, inputs.options
     out = []
     for row in inputs.rows:
-        label = encode_completion(tok, label_completion(row["label"]))
+        label = encode_completion(tok, inputs.completion(row))
         ids, c = join(encode_prompt(tok, inputs.prompt, row), label, inputs.student.max_length)
         ex: dict[str, Any] = {"ids": ids, "c": c, "r_ids": [], "r_c": 0}
         rationale = rationale_of(row)
