@@ -20,6 +20,7 @@ from typing import Any
 
 from prefect import runtime
 
+from potstill.chat import apply_chat_templates, check_student_prompt
 from potstill.config import RunConfig, TeacherConfig, config_hash, flatten, to_yaml, validate
 from potstill.data.catalog import Catalog
 from potstill.data.tasks import RegistryTarget, TaskSpec, registry_target
@@ -29,6 +30,7 @@ from potstill.env import find_project_root
 from potstill.errors import TaskError
 from potstill.pipeline import STEP_NAMES
 from potstill.prompts import PromptTemplate
+from potstill.training.generator import saved_prompt
 from tasks.evaluate import evaluate as evaluate_gold
 from tasks.evaluate import predict_gold
 from tasks.label import label_with_teacher
@@ -116,6 +118,29 @@ def templates_for(setup: Setup) -> dict[str, PromptTemplate]:
     return out
 
 
+def chat_wrapped(templates: dict[str, PromptTemplate], cfg: RunConfig) -> dict[str, PromptTemplate]:
+    """The task's templates inside the teacher's and the student's chat templates (`chat_template: true`);
+    a served teacher applies its own, so it must be asked through chat messages."""
+    from transformers import AutoTokenizer
+
+    from potstill.models import weights_location
+
+    teacher_tok = None
+    if cfg.teacher.backend == "openai":
+        if not cfg.teacher.openai.chat:
+            raise TaskError(
+                "the task declares chat_template: true and the teacher is served (teacher.backend: openai): "
+                "set teacher.openai.chat: true, so the server applies the teacher's chat template"
+            )
+    else:
+        teacher_tok = AutoTokenizer.from_pretrained(weights_location(cfg.teacher.model))
+    source = cfg.teacher.model if cfg.student.model == "pruned-teacher" else cfg.student.model
+    if source is None:
+        raise TaskError("chat_template: true needs a local student (student.model) to read its template")
+    student_tok = AutoTokenizer.from_pretrained(weights_location(source))
+    return apply_chat_templates(templates, teacher_tok, student_tok)
+
+
 @contextmanager
 def open_run(
     setup: Setup, flow: str, run_name: str, *, standalone: bool = False, tags: dict[str, str] | None = None
@@ -142,8 +167,13 @@ def open_run(
         for name, record in versions.items():
             client.set_tag(run.run_id, f"prompt.{name}", f"{record.name} md5:{record.md5}")
             client.log_text(run.run_id, templates[name].text, f"prompts/{name}.txt")
+        resolved = resolve_registered(cfg)
+        if setup.spec.chat_template:  # the same wrapped text at labeling, training and serving
+            templates = chat_wrapped(templates, resolved)
+            for name, template in templates.items():
+                client.log_text(run.run_id, template.text, f"prompts/{name}.chat.txt")
         yield RunContext(
-            resolve_registered(cfg), setup.root, catalog, setup.spec, setup.target, run.run_id,
+            resolved, setup.root, catalog, setup.spec, setup.target, run.run_id,
             run.experiment_id, templates, versions, config_hash(cfg), standalone,
         )  # fmt: skip
 
@@ -241,6 +271,12 @@ def train(ctx: RunContext, data: dict[str, Any]) -> None:
         eval_rows=data["gold"].rows,
         eval_name=catalog.full_name("gold"),
     )
+    if data.get("student_base"):  # a champion to continue from: it must speak this run's prompt format
+        check_student_prompt(
+            saved_prompt(Path(data["student_base"])),
+            ctx.templates["student_prompt"],
+            str(data["student_base"]),
+        )
     base = data.get("student_base") or build_student(
         cfg, ctx.templates["student_prompt"], ctx.spec.label_set, ctx.run_dir / "student_base", ctx.spec.kind
     )

@@ -38,7 +38,8 @@ class PromptTemplate:
             raise PromptError(f"prompt {self.name!r} has no {{field}} placeholder for the row")
         head, _, _ = self.text.partition("{" + fields[0])
         prefix = head.rstrip(" \t")
-        return prefix, self.text[len(prefix) :]
+        # The prefix is used as it is (never formatted), so literal braces written `{{`/`}}` are unescaped.
+        return prefix.replace("{{", "{").replace("}}", "}"), self.text[len(prefix) :]
 
     def render(self, row: dict[str, Any]) -> str:
         return self.prefix + self.render_row(row)

@@ -125,3 +125,40 @@ def test_a_generative_task_runs_end_to_end_and_its_registered_model_answers(
         assert metrics["student_base_exact_match"] < metrics["student_exact_match"]
         assert metrics["agreement"] == 1.0 and metrics["student_no_answer_rate"] == 0.0
         assert answer["answer"][0] == "7" and "#### 7" in answer["response"][0]
+
+
+@pytest.mark.slow
+def test_a_chat_template_task_labels_trains_and_serves_inside_the_chat_turn(
+    prefect_api, project: Path, generative_files, tiny_model_dir: Path, tokenizer
+):
+    """`--chat-template`: the teacher labels, the student trains and the registered model serves on the
+    same chat-wrapped prompts; a champion of another format cannot be trained on further. (Multiple choice:
+    the random tiny teacher scores options inside a chat turn fine, where its generations there would be
+    nothing but the template's special tokens.)"""
+    from potstill.chat import ChatTemplateError, chat_parts, wrap
+    from potstill.data.tasks import load_task
+    from potstill.prompts import PromptTemplate
+
+    base = ["--project", str(project)]
+    assert main([*base, *declare("quiz", generative_files["quiz"]), "--chat-template"]) == 0
+    assert load_task(project / "catalog/tasks/quiz.yaml").chat_template is True
+    assert main([*base, "run", "--task", "quiz", *overrides(tiny_model_dir, 2, "sft")]) == 0
+    catalog = Catalog.from_file(project / "catalog/catalog.yaml").for_task("quiz")
+    parts = chat_parts(tokenizer, "student")
+    teacher = wrap(catalog.prompt("teacher_prompt"), parts)
+    student = wrap(catalog.prompt("student_prompt"), parts)
+    assert {r["prompt_digest"] for r in catalog.load("teacher_labels")} == {teacher.digest}
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("quiz-student", "champion")
+    folder = Path(client.download_artifacts(champion.run_id, "student"))
+    meta = json.loads(next(folder.rglob("potstill.json")).read_text())
+    assert meta["prompt"] == student.text and meta["prompt"].startswith("<|im_start|>")
+    wrapped = client.download_artifacts(champion.run_id, "prompts/student_prompt.chat.txt")
+    assert Path(wrapped).read_text() == student.text
+    # The same task without the chat template cannot continue from this champion.
+    from potstill.chat import check_student_prompt
+    from potstill.training.generator import saved_prompt
+
+    with pytest.raises(ChatTemplateError, match="another student prompt"):
+        plain = PromptTemplate("student_prompt", catalog.prompt("student_prompt").text)
+        check_student_prompt(saved_prompt(next(folder.rglob("potstill.json")).parent), plain, "champion")

@@ -252,6 +252,12 @@ def add_task_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         help="rationale template for step_by_step (default: the kind's)",
     )
     p.add_argument("--model-name", default=None, help="registered model name (default: NAME-student)")
+    p.add_argument(
+        "--chat-template",
+        action="store_true",
+        help="wrap prompts in the tokenizers' chat templates (instruction-tuned teacher and student): the "
+        "rendered prompt is the user turn, the answer the assistant turn, at labeling, training and serving",
+    )
     p.add_argument("--description", default="", help="one line on what the task is")
     tsub.add_parser("list", help="every declared task: kind, labels, data versions, champion and its metric")
     p = tsub.add_parser("show", help="a task's declaration, its catalog entries and their versions")

@@ -38,6 +38,7 @@ def new_task(args: argparse.Namespace, root: Path) -> int:
         rationale_prompt=args.rationale_prompt,
         model_name=args.model_name,
         description=args.description,
+        chat_template=args.chat_template,
     )
     spec = declare(request, root)
     check_columns(spec, {"prompts": request.prompts, "gold": request.gold})  # before anything is written

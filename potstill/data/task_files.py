@@ -31,6 +31,7 @@ class NewTask:
     rationale_prompt: Path | None = None
     model_name: str | None = None
     description: str = ""
+    chat_template: bool = False
 
 
 def detect_format(path: Path, given: str | None) -> str:
@@ -86,6 +87,7 @@ def declare(request: NewTask, root: Path) -> TaskSpec:
                 "rationale": template(request.rationale_prompt, "rationale"),
             },
             "model_name": request.model_name,
+            "chat_template": request.chat_template,
         },
     )
 

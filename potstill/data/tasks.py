@@ -76,6 +76,12 @@ class TaskSpec(_Strict):
     )
     templates: Templates
     model_name: str | None = Field(None, description="Registered model name (default: <name>-student).")
+    chat_template: bool = Field(
+        False,
+        description="Wrap every prompt in the tokenizer's chat template (the rendered prompt is the user "
+        "turn, the answer the assistant turn): teacher prompts with the teacher's tokenizer, the student "
+        "prompt with the student's, the same at labeling, training and serving (potstill/chat.py).",
+    )
     demo: DemoData | None = Field(None, description="Only the demo task: build its data when missing.")
 
     @field_validator("name")
@@ -183,7 +189,7 @@ class TaskSpec(_Strict):
 
     def to_yaml(self) -> str:
         body = self.model_dump(mode="json", exclude={"name"}, exclude_none=True)
-        for key in ("columns", "label_map", "labels"):
+        for key in ("columns", "label_map", "labels", "chat_template"):
             if not body.get(key):
                 body.pop(key, None)
         header = f"# The task `{self.name}`, declared once: `potstill run --task {self.name}` runs it.\n"

@@ -183,6 +183,12 @@ def student_type(folder: Path) -> str:
     return str(meta.get("student", "classifier"))
 
 
+def saved_prompt(folder: Path) -> PromptTemplate:
+    """The student prompt a saved student was trained with and serves, without loading its weights."""
+    meta = json.loads((Path(folder) / META_FILE).read_text())
+    return PromptTemplate(meta["prompt_name"], meta["prompt"])
+
+
 def load_student(folder: Path, batch_size: int = 32) -> Student:
     """The saved student of either type, as its folder says."""
     if student_type(folder) == "generator":
