@@ -32,7 +32,7 @@ from potstill.pipeline import STEP_NAMES
 from potstill.prompts import PromptTemplate
 from potstill.training.generator import saved_prompt
 from tasks.evaluate import evaluate as evaluate_gold
-from tasks.evaluate import predict_gold
+from tasks.evaluate import judge_by_teacher, predict_gold
 from tasks.label import label_with_teacher
 from tasks.load_data import INPUTS, load_data
 from tasks.register import register_student
@@ -337,6 +337,12 @@ def evaluate(ctx: RunContext, data: dict[str, Any]) -> None:
     labels = ctx.spec.label_set
     kind = ctx.spec.kind
     metrics = evaluate_gold(gold, labels, teacher, base_eval, student_eval, ctx.run_id, kind)
+    if ctx.spec.kind_object.judge_by_teacher:  # chat: how much each answer reads like the teacher's
+        scored = {"teacher": teacher, "student_base": base_eval, "student": student_eval}
+        answers = {who: r["responses"] for who, r in scored.items() if "responses" in r}
+        metrics |= judge_by_teacher(
+            ctx.cfg.teacher, ctx.templates["teacher_prompt"], kind, gold, answers, ctx.run_id
+        )
     new_slice = data.get("new_slice") or []
     if new_slice:
         before = predict_gold(Path(models["student_base"]), new_slice, batch, f"{base_name}, new slice")

@@ -11,8 +11,10 @@ from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
 from potstill import metrics as M
-from potstill.kinds import ScoreFn, get_kind
+from potstill.config import TeacherConfig
+from potstill.kinds import ScoreFn, get_kind, prompt_row
 from potstill.models import count_parameters, folder_size_bytes
+from potstill.prompts import PromptTemplate, label_completion
 from potstill.training.generator import Generator, load_student
 from tasks.tracking import log_file, log_json, log_metrics
 
@@ -113,4 +115,44 @@ def evaluate(
             title=f"gold split, {len(y)} rows",
         )
         log_file(run_id, plot, "plots")
+    return out
+
+
+@task(name="judge_by_teacher", cache_policy=NO_CACHE)
+def judge_by_teacher(
+    cfg: TeacherConfig,
+    prompt: PromptTemplate,
+    kind: str,
+    gold: list[dict[str, Any]],
+    answers: dict[str, list[str | None]],
+    run_id: str,
+) -> dict[str, float]:
+    """The teacher as judge by likelihood: the mean log-probability per token the teacher gives each
+    model's answer after the teacher prompt (`<who>_teacher_logprob`; the teacher's own answers score its
+    own confidence). Where there is no reference to compare with (chat), this says how much the student's
+    answer reads like what the teacher would have said. Empty answers are not judged
+    (`<who>_teacher_judged_rows` counts the rest). A teacher without a local tokenizer (a served one)
+    cannot count answer tokens: skipped, and the log says so."""
+    from potstill.labeling.teacher import load_backend
+
+    backend = load_backend(cfg.backend_settings())
+    tokenizer = getattr(backend, "tokenizer", None)
+    if tokenizer is None:
+        get_run_logger().info("teacher as judge skipped: the %s backend has no local tokenizer", cfg.backend)
+        return {}
+    out: dict[str, float] = {}
+    for who, texts in answers.items():
+        todo = [(r, t.strip()) for r, t in zip(gold, texts, strict=True) if t and t.strip()]
+        if not todo:
+            continue
+        prompts = [prompt.render(prompt_row(kind, r)) for r, _ in todo]
+        completions = [[label_completion(t)] for _, t in todo]
+        scores = backend.score(prompts, completions)
+        per_token = [
+            s[0] / max(len(tokenizer(c[0], add_special_tokens=False)["input_ids"]), 1)
+            for s, c in zip(scores, completions, strict=True)
+        ]
+        out[f"{who}_teacher_logprob"] = sum(per_token) / len(per_token)
+        out[f"{who}_teacher_judged_rows"] = float(len(per_token))
+    log_metrics(run_id, out)
     return out

@@ -115,6 +115,9 @@ def test_a_generative_task_runs_end_to_end_and_its_registered_model_answers(
     assert meta["student"] == "generator" and meta["kind"] == kind.name
     assert meta["prompt"] == catalog.prompt("student_prompt").text
 
+    if name == "talk":  # the teacher judged every answer by its likelihood (teacher_ = its own answers)
+        for who in ("teacher", "student_base", "student"):
+            assert metrics[f"{who}_teacher_logprob"] < 0 and metrics[f"{who}_teacher_judged_rows"] > 0, who
     if name == "quiz":
         assert answer["answer"][0] in (*OPTIONS, None)
     if name == "sums":

@@ -65,6 +65,7 @@ class Kind:
     derived_fields: tuple[str, ...] = ()
     read: Callable[[str, dict[str, Any]], str | None] | None = None
     default_stop: tuple[str, ...] = ()  # where the teacher stops generating when teacher.stop is empty
+    judge_by_teacher: bool = False  # evaluation also asks the teacher how likely each answer is (chat)
 
     @property
     def text_fields(self) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ KIND = Kind(
     teacher_prompt="User: {text}\nAssistant:",
     student_prompt="User: {text}\nAssistant:",
     headline="student_rouge_l",
+    judge_by_teacher=True,
     score=text_scores,
     agree=text_agreement,
     description="free-text replies to a message or instruction",
