@@ -17,12 +17,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def own_task_commands() -> list[list[str]]:
+def readme_commands(marker: str = "own-task") -> list[list[str]]:
     text = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- own-task.*?-->\n```bash\n(.*?)```\n<!-- /own-task -->", text, re.S)
-    assert block, "README lost its 'Your own task' block"
+    block = re.search(rf"<!-- {marker}.*?-->\n```bash\n(.*?)```\n<!-- /{marker} -->", text, re.S)
+    assert block, f"README lost its {marker!r} block"
     lines = block.group(1).replace("\\\n", " ").splitlines()
     return [shlex.split(line) for line in lines if line.strip()]
+
+
+def own_task_commands() -> list[list[str]]:
+    return readme_commands("own-task")
 
 
 def test_the_own_task_block_is_four_commands_or_fewer():
@@ -54,3 +58,35 @@ def test_the_own_task_block_runs_as_written(prefect_api, project: Path, user_fil
     assert "registered reviews-student version 1" in " ".join(outputs[1].split())
     listed = {line.split()[0]: line for line in outputs[-1].splitlines()[1:]}
     assert "reviews-student v1" in listed["reviews"]
+
+
+@pytest.mark.slow
+def test_the_math_task_block_runs_as_written(
+    prefect_api, project: Path, math_teacher_dir: Path, tmp_path: Path
+):
+    """The "Generative tasks" commands, verbatim, on word problems in the user's own column names; the
+    project's params.yaml points at the tiny math teacher so the test stays short."""
+    from generative_data import write_sums
+
+    files = write_sums(tmp_path / "files")
+    shutil.copy(files["prompts"], project / "problems.jsonl")
+    shutil.copy(files["gold"], project / "problems_gold.jsonl")
+    (project / ".venv" / "bin").mkdir(parents=True)
+    (project / ".venv" / "bin" / "potstill").symlink_to(Path(sys.executable).with_name("potstill"))
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["teacher"].update(model=str(math_teacher_dir), max_new_tokens=24)
+    params["student"].update(layers=[0, 3], batch_size=8, max_steps=3, eval_batch_size=16, max_new_tokens=24)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    commands = readme_commands("math-task")
+    assert 2 <= len(commands) <= 4 and commands[0][1:5] == ["task", "new", "sums", "--kind"]
+    outputs = []
+    for command in commands:
+        done = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"{command}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        outputs.append(" ".join(done.stdout.split()))
+    assert "registered sums-student version 1" in outputs[1] and "exact match" in outputs[1]
+    assert "math" in outputs[-1] and "sums-student v1" in outputs[-1]  # `task list`
