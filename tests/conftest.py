@@ -70,7 +70,12 @@ def build_tiny_llama(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model = LlamaForCausalLM(config)
+    return save_model_folder(LlamaForCausalLM(config), tokenizer, folder)
+
+
+def save_model_folder(model, tokenizer, folder: Path) -> Path:
+    """Save into a temporary folder, then rename: a test session killed mid-save leaves no half model
+    that the next session's `config.json` check would take for a finished one."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -381,13 +386,7 @@ def teach_tiny_model(
         loss.backward()
         opt.step()
         opt.zero_grad()
-    model.eval()
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(folder)
-    return folder
+    return save_model_folder(model.eval(), tok, folder)
 
 
 def math_questions(n: int, start: int = 0) -> list[dict[str, str]]:
