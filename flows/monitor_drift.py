@@ -84,7 +84,7 @@ def monitor_drift(
                     for w, what in ((reference, "monitor reference"), (current, f"monitor {version}"))
                 ]
                 reference, current = replace(reference, teacher=teach[0]), replace(current, teacher=teach[1])
-            report = measure_drift(reference, current, served.fields, mon)
+            report = measure_drift(reference, current, served.fields, mon, spec.kind)
             now = now_utc()
             decision = decide_retrain(report, last_trigger_of(state), now, mon.cooldown_s)
             metrics = log_drift(run_id, report, decision, reference, current)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from prefect.context import TaskRunContext
 
 from potstill.config import MonitorConfig
 from potstill.data.catalog import Catalog, CatalogError
+from potstill.kinds import get_kind
 from potstill.operations.drift import Disagreement, DriftReport, DriftSample, drift_report
 from potstill.operations.monitoring import (
     RetrainDecision,
@@ -30,12 +32,17 @@ from potstill.operations.monitoring import (
     drift_config,
     empty_state,
     input_text,
+    length_bucket_names,
     plot_confidence,
     plot_label_shares,
     seeded_sample,
 )
 from tasks.predict import ServedModel, predict_rows
 from tasks.tracking import log_json, log_metrics
+
+AgreeFn = Callable[[Sequence[str | None], Sequence[str | None]], float]
+# What a generative model's prediction drift compares, in place of label shares.
+ANSWER_LENGTHS = "answer-length buckets (words per generated answer)"
 
 
 @dataclass(frozen=True)
@@ -45,13 +52,18 @@ class Window:
 
     rows: list[dict[str, Any]]
     predictions: list[dict[str, Any]]
-    teacher: list[str] | None = None
+    teacher: list[str | None] | None = None
+
+    @property
+    def generative(self) -> bool:
+        """A generative model's predictions: response, answer and confidence instead of a label."""
+        return bool(self.predictions) and "label" not in self.predictions[0]
 
     @property
     def labels(self) -> list[str]:
         """The categories prediction drift compares: a classifier's labels; for a generative model, which
         length bucket each answer falls in (its answers are texts, too many to count)."""
-        if self.predictions and "label" not in self.predictions[0]:
+        if self.generative:
             return [answer_length_bucket(p.get("response")) for p in self.predictions]
         return [p["label"] for p in self.predictions]
 
@@ -64,10 +76,18 @@ class Window:
     def confidences(self) -> list[float]:
         return [float(p["confidence"]) for p in self.predictions]
 
-    def disagreement(self) -> Disagreement | None:
+    def disagreement(self, agree: AgreeFn | None = None) -> Disagreement | None:
+        """Rows of the teacher's sample where the model answered otherwise. Without `agree`, answers are
+        compared as labels (equal or not); with a kind's agreement (math's same number, multiple choice's
+        same option, ROUGE-L for free text) a row disagrees when its agreement is below one half: two
+        unreadable answers do not agree, and a reworded text is not a disagreement."""
         if not self.teacher:
             return None
-        return Disagreement.from_labels(self.teacher, self.answers[: len(self.teacher)])
+        answers = self.answers[: len(self.teacher)]
+        if agree is None:
+            return Disagreement.from_labels(self.teacher, answers)
+        pairs = zip(self.teacher, answers, strict=True)
+        return Disagreement(sum(agree([t], [a]) < 0.5 for t, a in pairs), len(self.teacher))
 
 
 def _reference_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -107,16 +127,22 @@ def teacher_sample(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
 
 
 @task(name="measure_drift", cache_policy=NO_CACHE)
-def measure_drift(reference: Window, current: Window, fields: list[str], cfg: MonitorConfig) -> DriftReport:
-    """Embed both windows (sentence embeddings of the prompt fields) and run the enabled drift checks."""
+def measure_drift(
+    reference: Window, current: Window, fields: list[str], cfg: MonitorConfig, kind: str | None = None
+) -> DriftReport:
+    """Embed both windows (sentence embeddings of the prompt fields) and run the enabled drift checks.
+    `kind`: the task's kind, whose agreement rule (when it has one) decides teacher–student disagreement;
+    a generative model's prediction drift compares answer-length buckets instead of label shares."""
     from potstill.operations.embeddings import embed  # loads torch + the embedding model: only when measuring
 
     checks = set(cfg.checks)
     needs_embeddings = bool(checks & {"mmd", "domain_classifier"})
+    agree = get_kind(kind).agree if kind else None
 
     def sample(window: Window) -> DriftSample:
         emb = embed([input_text(r, fields) for r in window.rows]) if needs_embeddings else None
-        return DriftSample(window.labels, window.confidences, emb, window.disagreement())
+        categories = ANSWER_LENGTHS if window.generative else "predicted labels"
+        return DriftSample(window.labels, window.confidences, emb, window.disagreement(agree), categories)
 
     dcfg = drift_config(
         cfg.checks,
@@ -156,8 +182,12 @@ def log_drift(
     log_json(run_id, report.to_dict(), "drift/report.json")
     log_json(run_id, decision.to_dict(), "drift/decision.json")
     client = MlflowClient()
+    generative = reference.generative or current.generative
+    title, order = (ANSWER_LENGTHS, length_bucket_names()) if generative else ("", None)
     with tempfile.TemporaryDirectory() as tmp:
-        labels = plot_label_shares(reference.labels, current.labels, Path(tmp) / "label_shares.png")
+        labels = plot_label_shares(
+            reference.labels, current.labels, Path(tmp) / "label_shares.png", title, order
+        )
         conf = plot_confidence(reference.confidences, current.confidences, Path(tmp) / "confidence.png")
         for path in (labels, conf):
             client.log_artifact(run_id, str(path), "plots")

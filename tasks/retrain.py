@@ -149,14 +149,15 @@ def evaluate_slice(
     for name, res in (("before", before), ("after", after)):
         out |= {f"{prefix}{name}_{k}": v for k, v in score(y, res["pred"], labels).items()}
     log_metrics(run_id, out)
-    log_json(
-        run_id,
-        [
-            {"id": r["id"], "gold": g, "before": b, "after": a}
-            for r, g, b, a in zip(rows, y, before["pred"], after["pred"], strict=True)
-        ],
-        f"eval/{prefix.rstrip('_')}_predictions.json",
-    )
+    predictions = [
+        {"id": r["id"], "gold": g, "before": b, "after": a}
+        for r, g, b, a in zip(rows, y, before["pred"], after["pred"], strict=True)
+    ]
+    for name, res in (("before", before), ("after", after)):  # a generative model's texts too
+        if "responses" in res:
+            for row, text in zip(predictions, res["responses"], strict=True):
+                row[f"{name}_response"] = text
+    log_json(run_id, predictions, f"eval/{prefix.rstrip('_')}_predictions.json")
     headline = get_kind(kind).headline.removeprefix("student_")
     get_run_logger().info(
         "%s%d rows: %s %.3f before, %.3f after",

@@ -84,12 +84,15 @@ class Disagreement:
 
 @dataclass(frozen=True, eq=False)
 class DriftSample:
-    """One window of monitored data; any part may be missing and the checks that need it are skipped."""
+    """One window of monitored data; any part may be missing and the checks that need it are skipped.
+    `labels` are the categories prediction drift counts: a classifier's predicted labels, or what stands
+    in for them (a generative model's answer-length buckets); `categories` names them in the report."""
 
     labels: Sequence[str] = ()
     confidences: Sequence[float] = ()
     embeddings: np.ndarray | None = None
     disagreement: Disagreement | None = None
+    categories: str = "predicted labels"
 
 
 @dataclass(frozen=True)
@@ -288,11 +291,11 @@ def _shares(labels: Sequence[str]) -> str:
 
 def _check_psi(reference: DriftSample, current: DriftSample, cfg: DriftConfig) -> DriftCheck | str:
     if not reference.labels or not current.labels:
-        return "no predicted labels in a window"
+        return f"no {current.categories} in a window"
     value = psi(reference.labels, current.labels, cfg.psi_epsilon)
     drifted = value > cfg.psi_threshold
     detail = (
-        f"PSI {value:.4f} {'>' if drifted else '≤'} {cfg.psi_threshold} on predicted labels "
+        f"PSI {value:.4f} {'>' if drifted else '≤'} {cfg.psi_threshold} on {current.categories} "
         f"(reference {_shares(reference.labels)}; current {_shares(current.labels)})"
     )
     return DriftCheck("psi", value, None, cfg.psi_threshold, drifted, detail)
@@ -300,11 +303,12 @@ def _check_psi(reference: DriftSample, current: DriftSample, cfg: DriftConfig) -
 
 def _check_chi2(reference: DriftSample, current: DriftSample, cfg: DriftConfig) -> DriftCheck | str:
     if not reference.labels or not current.labels:
-        return "no predicted labels in a window"
+        return f"no {current.categories} in a window"
     value, p, dof = label_chi2(reference.labels, current.labels)
     drifted = p < cfg.chi2_alpha
+    counts = "label counts" if current.categories == "predicted labels" else f"counts of {current.categories}"
     detail = (
-        f"chi-square {value:.4f} on label counts ({dof} dof, {len(reference.labels)} vs "
+        f"chi-square {value:.4f} on {counts} ({dof} dof, {len(reference.labels)} vs "
         f"{len(current.labels)} rows), p {p:.4g} {'<' if drifted else '≥'} α {cfg.chi2_alpha}"
     )
     return DriftCheck("chi2", value, p, cfg.chi2_alpha, drifted, detail)

@@ -4,9 +4,12 @@ The registry step reads metrics from MLflow, calls `decide_promotion`, and appli
 `rollback_plan`); keeping the rule here, free of MLflow, lets every threshold be tested by hand and lets
 the decision be stored verbatim next to the model version it judged.
 
-All metrics are "higher is better" (accuracy, macro-F1, agreement, per-slice accuracy). A check whose
-threshold is None is off and leaves no trace in the decision; a check that is on but lacks the value it
-needs fails, so a missing measurement can never promote a model.
+`metric` is the task kind's headline (`student_accuracy` for a classifier, `student_exact_match` for math,
+`student_rouge_l` for free text; `registry.metric` overrides it), read with the same name from the
+candidate's and the champion's runs. All metrics are "higher is better" (accuracy, macro-F1, exact match,
+ROUGE-L, agreement, per-slice accuracy). A check whose threshold is None is off and leaves no trace in
+the decision; a check that is on but lacks the value it needs fails, so a missing measurement can never
+promote a model.
 """
 
 from __future__ import annotations

@@ -154,6 +154,11 @@ def answer_length_bucket(text: str | None) -> str:
     return f"words>{LENGTH_BUCKETS[-1]}"
 
 
+def length_bucket_names() -> list[str]:
+    """Every answer-length bucket, shortest first (the order their plot shows; the names do not sort so)."""
+    return [*(f"words<={b}" for b in LENGTH_BUCKETS), f"words>{LENGTH_BUCKETS[-1]}"]
+
+
 def input_text(row: Mapping[str, Any], fields: Sequence[str]) -> str:
     """What gets embedded: the prompt fields the model reads, in order (one field: that field)."""
     return "\n".join(str(row.get(f, "")) for f in fields)
@@ -162,14 +167,23 @@ def input_text(row: Mapping[str, Any], fields: Sequence[str]) -> str:
 # --- plots -------------------------------------------------------------------------------------------
 
 
-def plot_label_shares(reference: Sequence[str], current: Sequence[str], path: Path, title: str = "") -> Path:
-    """Predicted label shares, reference vs current, as grouped bars (PNG)."""
+def plot_label_shares(
+    reference: Sequence[str],
+    current: Sequence[str],
+    path: Path,
+    title: str = "",
+    order: Sequence[str] | None = None,
+) -> Path:
+    """Predicted label shares (or a generative model's answer-length buckets), reference vs current, as
+    grouped bars (PNG). `order`: the categories in this order (those seen in neither window left out);
+    default: sorted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = sorted(set(reference) | set(current))
+    seen = set(reference) | set(current)
+    labels = [c for c in order if c in seen] + sorted(seen - set(order)) if order else sorted(seen)
     ref, cur = Counter(reference), Counter(current)
     xs = range(len(labels))
     fig, ax = plt.subplots(figsize=(1.6 * max(len(labels), 2) + 1.5, 3.2))

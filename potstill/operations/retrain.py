@@ -113,7 +113,20 @@ def train_set_version(tag: str | None) -> str | None:
 def gold_slice(rows: list[dict[str, Any]], labels: Sequence[str]) -> list[dict[str, Any]]:
     """Incoming rows that carry a known gold `label` (simulations, or batches labeled later): the new
     slice on which champion and retrained student are compared. Without a label set (generative kinds)
-    any non-empty label is a reference answer."""
+    any non-empty label is a reference answer; a number (a math answer written as `7` in a JSON file) is
+    read as its text."""
     if not labels:
-        return [r for r in rows if isinstance(r.get("label"), str) and r["label"].strip()]
+        return [
+            r if isinstance(r["label"], str) else {**r, "label": str(r["label"])}
+            for r in rows
+            if _reference_answer(r.get("label"))
+        ]
     return [r for r in rows if r.get("label") in labels]
+
+
+def _reference_answer(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return value == value  # NaN (an empty cell of a table) is no answer
+    return isinstance(value, str) and bool(value.strip())
