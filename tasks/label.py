@@ -70,6 +70,7 @@ def kind_spec(cfg: TeacherConfig, kind: str, labels: list[str]) -> KindSpec:
         top_logprobs=top_k,
         seed=cfg.seed,
         stop=tuple(cfg.stop) or get_kind(kind).default_stop,
+        guided_choice=cfg.backend == "vllm" and cfg.vllm.guided_choice,
     )
 
 

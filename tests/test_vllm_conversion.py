@@ -148,3 +148,75 @@ def test_engine_arguments_from_params_reach_vllm(monkeypatch):
     assert seen["model"] == "some/teacher" and seen["max_logprobs"] == 32
     assert seen["tensor_parallel_size"] == 4 and seen["max_model_len"] == 8192
     assert seen["gpu_memory_utilization"] == 0.85 and seen["enforce_eager"] is True
+
+
+def test_guided_choice_in_both_vllm_spellings_and_multiple_choice_labeled_by_it(monkeypatch):
+    """`teacher.vllm.guided_choice`: vLLM cannot run here. A STAND-IN `vllm` (a mock, named as such)
+    records the SamplingParams the backend builds and answers the first option; the constraint is spelt
+    `structured_outputs` on vLLM >= 0.11 and `guided_decoding` before."""
+    import math
+    import types
+
+    from potstill.config import validate
+    from potstill.kinds import KindSpec, label_rows
+    from potstill.labeling.teacher import load_backend
+    from potstill.labeling.teacher.vllm_backend import choice_constraint
+    from potstill.prompts import PromptTemplate
+    from tasks.label import kind_spec
+
+    new = types.SimpleNamespace(StructuredOutputsParams=lambda choice: ("structured", tuple(choice)))
+    old = types.SimpleNamespace(GuidedDecodingParams=lambda choice: ("guided", tuple(choice)))
+    assert choice_constraint(new, ["a", "b"]) == {"structured_outputs": ("structured", ("a", "b"))}
+    assert choice_constraint(old, ["a", "b"]) == {"guided_decoding": ("guided", ("a", "b"))}
+    with pytest.raises(ValueError, match="guided choice"):
+        choice_constraint(types.SimpleNamespace(), ["a"])
+
+    sent: list = []
+
+    class StandInTokenizer:  # mock: one token per character
+        eos_token_id = 0
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) for c in text]}
+
+    class StandInLLM:  # mock of vllm.LLM: answers each request with its first allowed choice
+        def __init__(self, **kwargs):
+            pass
+
+        def get_tokenizer(self):
+            return StandInTokenizer()
+
+        def generate(self, prompts, params, use_tqdm=False):
+            sent.extend(params)
+            outs = []
+            for i, p in enumerate(params):
+                text = p.kwargs["structured_outputs"][1][0]
+                lps = [{ord(c): Logprob(-0.1)} for c in text]
+                done = CompletionOutput(0, text, [ord(c) for c in text], None, lps, "stop")
+                outs.append(RequestOutput(str(i), prompts[i], [], None, [done]))
+            return outs
+
+    class StandInSamplingParams:  # mock of vllm.SamplingParams: keeps its arguments
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    sampling = types.SimpleNamespace(StructuredOutputsParams=lambda choice: ("structured", tuple(choice)))
+    fake = types.SimpleNamespace(
+        LLM=StandInLLM, SamplingParams=StandInSamplingParams, sampling_params=sampling
+    )
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setitem(sys.modules, "vllm.sampling_params", sampling)
+    cfg = validate({"teacher": {"model": "some/teacher", "backend": "vllm", "vllm": {"guided_choice": True}}})
+    assert "guided_choice" not in cfg.teacher.backend_settings()  # a labeling setting, not an engine one
+    spec = kind_spec(cfg.teacher, "multiple_choice", [])
+    assert spec.guided_choice and spec.digest_payload()["guided_choice"] is True
+    assert "guided_choice" not in KindSpec(kind="multiple_choice").digest_payload()  # old caches stay valid
+    backend = load_backend(cfg.teacher.backend_settings())
+    rows = [{"id": 1, "text": "Capital of France?", "choices": ["Paris", "Rome"]}]
+    template = PromptTemplate("t", "Q: {text}\nChoices: {choices_text}\nA:")
+    (item,) = label_rows(backend, rows, template, spec)
+    assert item.record["label"] == "Paris" and item.record["label_index"] == 0
+    assert item.record["confidence"] == pytest.approx(math.exp(-0.1 * len(" Paris")))
+    assert item.record["distribution"] is None and item.record["parse_error"] is False
+    assert sent[0].kwargs["structured_outputs"] == ("structured", (" Paris", " Rome"))
+    assert sent[0].kwargs["temperature"] == 0.0 and sent[0].kwargs["max_tokens"] == len(" Paris") + 1

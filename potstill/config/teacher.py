@@ -49,6 +49,12 @@ class VLLMSettings(Section):
     )
     dtype: str | None = Field(None, description="e.g. bfloat16 (null: vLLM's choice).")
     engine: dict[str, Any] = Field(default_factory=dict, description="Other vllm.LLM arguments, as given.")
+    guided_choice: bool = Field(
+        False,
+        description="Multiple choice: the teacher writes its answer constrained to the row's options (vLLM "
+        "guided choice, one request per row) instead of scoring every option; the confidence is the "
+        "probability of what it wrote, and there is no distribution over the options.",
+    )
 
 
 class RaySettings(Section):
@@ -152,6 +158,7 @@ class TeacherConfig(Section):
                     engine.setdefault(key, section.pop(key))
                 else:
                     section.pop(key, None)
+            section.pop("guided_choice", None)  # a labeling setting (KindSpec), not an engine argument
             max_logprobs = section.get("max_logprobs") or (self.top_logprobs if self.store_signals else None)
             section["max_logprobs"] = max_logprobs
             section["engine"] = engine

@@ -14,11 +14,12 @@ signals.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from potstill.kinds.common import KindSpec, Labeled, normalise, ok, parse_failure, render
-from potstill.labeling.teacher.base import SignalScorer, TeacherBackend, TokenLogprobs
+from potstill.labeling.teacher.base import ChoiceGenerator, SignalScorer, TeacherBackend, TokenLogprobs
 from potstill.prompts import PromptError, PromptTemplate, label_completion
 
 NLI_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
@@ -77,6 +78,49 @@ def _score_rows(
     return [o for o in out if o is not None]
 
 
+def _choose_rows(
+    backend: TeacherBackend,
+    template: PromptTemplate,
+    rows: Sequence[dict[str, Any]],
+    options: Sequence[Sequence[str] | str],
+    top_k: int = 0,
+) -> list[Labeled]:
+    """Multiple choice by guided generation (`teacher.vllm.guided_choice`): the teacher writes one of the
+    row's options; the confidence is exp(sum of its token log-probabilities), the probability of the
+    whole option, and no distribution over the others exists. An answer that is none of the options (a
+    backend ignoring the constraint) is a parse error."""
+    if not isinstance(backend, ChoiceGenerator):
+        raise ValueError(
+            f"teacher.vllm.guided_choice needs a backend that generates constrained to choices (vllm); "
+            f"{type(backend).__name__} cannot"
+        )
+    out: list[Labeled | None] = [None] * len(rows)
+    todo: list[int] = []
+    prompts: list[str] = []
+    for i, (row, opts) in enumerate(zip(rows, options, strict=True)):
+        prompt = render(template, row) if not isinstance(opts, str) else None
+        if isinstance(opts, str):
+            out[i] = parse_failure(row, opts, distribution=None)
+        elif isinstance(prompt, PromptError):
+            out[i] = parse_failure(row, f"prompt: {prompt}", distribution=None)
+        else:
+            todo.append(i)
+            prompts.append(prompt)
+    if todo:
+        completions = [[label_completion(o) for o in options[i]] for i in todo]
+        generations = backend.choose(prompts, completions, top_k)
+        for i, gen in zip(todo, generations, strict=True):
+            opts = list(options[i])
+            text = " ".join(gen.text.split())
+            if text not in opts:
+                out[i] = parse_failure(rows[i], f"guided choice wrote {gen.text!r}, none of {opts}")
+                continue
+            confidence = math.exp(sum(t.logprob for t in gen.tokens)) if gen.tokens else 0.0
+            record = {**rows[i], "label": text, "confidence": confidence, "distribution": None}
+            out[i] = ok(record, gen.tokens if top_k else ())
+    return [o for o in out if o is not None]
+
+
 def label_classification(
     backend: TeacherBackend, rows: Sequence[dict[str, Any]], template: PromptTemplate, spec: KindSpec
 ) -> list[Labeled]:
@@ -121,7 +165,10 @@ def label_multiple_choice(
         {**r, "choices_text": format_choices(o)} if not isinstance(o, str) else r
         for r, o in zip(rows, options, strict=True)
     ]
-    labeled = _score_rows(backend, template, shown, options, spec.top_logprobs)
+    if spec.guided_choice:
+        labeled = _choose_rows(backend, template, shown, options, spec.top_logprobs)
+    else:
+        labeled = _score_rows(backend, template, shown, options, spec.top_logprobs)
     for item, opts in zip(labeled, options, strict=True):
         item.record.pop("choices_text", None)
         if not item.record["parse_error"] and not isinstance(opts, str):

@@ -35,6 +35,7 @@ class KindSpec:
     seed: int | None = 0
     stop: tuple[str, ...] = ()  # generation stops here (e.g. the next few-shot "\n\nQuestion:")
     choices_field: str = "choices"  # multiple choice: the row field holding the list of choices
+    guided_choice: bool = False  # multiple choice: generate constrained to the options (a ChoiceGenerator)
 
     def digest_payload(self) -> dict[str, Any]:
         """Everything that changes the labels, for run-folder and cache keys."""
@@ -48,6 +49,7 @@ class KindSpec:
             "seed": self.seed,
             "stop": list(self.stop),
             "choices_field": self.choices_field,
+            **({"guided_choice": True} if self.guided_choice else {}),  # absent: old run folders stay valid
         }
 
 

@@ -9,9 +9,11 @@ a backend never knows which task it serves and a kind never knows which engine r
   alternatives at each position (math self-consistency, summarization/chat confidence, logit
   distillation signals).
 
-Optional capability (`SignalScorer`): `score_with_signals` also returns, for every option, the
-teacher-forced tokens of option + EOS with their top-k alternatives over the full vocabulary, the signals
-offline logit distillation stores for a closed kind. The transformers and vLLM backends have it; an
+Optional capabilities. `ChoiceGenerator`: `choose` generates constrained to each prompt's options (vLLM's
+guided choice), for multiple choice when scoring every option is not wanted. `SignalScorer`:
+`score_with_signals` also returns, for every option, the teacher-forced tokens of option + EOS with their
+top-k alternatives over the full vocabulary, the signals offline logit distillation stores for a closed
+kind. The transformers and vLLM backends have it; an
 OpenAI-compatible server gives alternatives as text only, which cannot be put in a student's vocabulary.
 
 Backends: `transformers` (in process; batched, length-sorted, shared-prefix KV reuse), `openai` (any
@@ -89,4 +91,16 @@ class SignalScorer(Protocol):
     ) -> tuple[list[list[float]], list[list[tuple[TokenLogprobs, ...]]]]:
         """(`score`'s log p(option | prompt), and per option the tokens of option + EOS, each with its
         log-probability and top-k alternatives as token ids); the EOS is not part of the score."""
+        ...
+
+
+@runtime_checkable
+class ChoiceGenerator(Protocol):
+    """A backend that can generate constrained to a list of choices (vLLM's guided choice)."""
+
+    def choose(
+        self, prompts: Sequence[str], options: Sequence[Sequence[str]], top_k: int = 0
+    ) -> list[Generation]:
+        """One greedy generation per prompt whose text is exactly one of that prompt's options (each
+        written as `label_completion` writes it, with its leading space), with token log-probabilities."""
         ...

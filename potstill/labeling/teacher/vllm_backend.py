@@ -11,6 +11,9 @@ to our records is plain functions over duck-typed objects, unit-tested without v
 - `score_with_signals` feeds prompt + option + EOS with `prompt_logprobs=k`: vLLM returns the top k (and
   the actual token) at every prompt position, so the option positions and the EOS give the teacher-forced
   signals of a closed kind in the same request.
+- `choose` (multiple choice with `teacher.vllm.guided_choice`) generates greedily constrained to each row's
+  options: `SamplingParams(structured_outputs=StructuredOutputsParams(choice=...))` on vLLM >= 0.11, the
+  older `guided_decoding=GuidedDecodingParams(choice=...)` before (`choice_constraint`), one request each.
 - `generate` uses `SamplingParams(n, temperature, top_p, stop, seed, logprobs=k)`; vLLM refuses more than
   `max_logprobs` (20 by default) alternatives, so the engine is built with `max_logprobs` raised to k.
 """
@@ -93,6 +96,16 @@ def forced_tokens_from_vllm(request_output: Any, start: int, k: int) -> tuple[To
         top = tuple((int(t), _logprob_value(v)) for t, v in ranked)
         out.append(TokenLogprobs(text, _logprob_value(chosen), int(ids[pos]), top))
     return tuple(out)
+
+
+def choice_constraint(sampling_params: Any, choices: Sequence[str]) -> dict[str, Any]:
+    """The `SamplingParams` keyword that constrains a generation to `choices`, in the spelling of the
+    installed vLLM (`vllm.sampling_params`): `structured_outputs` (>= 0.11) or `guided_decoding`."""
+    if hasattr(sampling_params, "StructuredOutputsParams"):
+        return {"structured_outputs": sampling_params.StructuredOutputsParams(choice=list(choices))}
+    if hasattr(sampling_params, "GuidedDecodingParams"):
+        return {"guided_decoding": sampling_params.GuidedDecodingParams(choice=list(choices))}
+    raise ValueError("this vLLM has neither StructuredOutputsParams nor GuidedDecodingParams (guided choice)")
 
 
 class VLLMBackend:
@@ -188,3 +201,24 @@ class VLLMBackend:
         )
         outs = self._llm.generate(list(prompts), params, use_tqdm=False)
         return [generations_from_vllm(o, spec.top_logprobs) for o in outs]
+
+    def choose(
+        self, prompts: Sequence[str], options: Sequence[Sequence[str]], top_k: int = 0
+    ) -> list[Generation]:
+        """One greedy generation per prompt constrained to that prompt's options (guided choice)."""
+        import vllm.sampling_params as sp
+        from vllm import SamplingParams
+
+        if len(prompts) != len(options):
+            raise ValueError(f"{len(prompts)} prompts but {len(options)} option lists")
+        params = [
+            SamplingParams(
+                max_tokens=max(len(self._encode(o)) for o in opts) + 1,
+                temperature=0.0,
+                logprobs=top_k,
+                **choice_constraint(sp, opts),
+            )
+            for opts in options
+        ]
+        outs = self._llm.generate(list(prompts), params, use_tqdm=False)
+        return [generation_from_vllm(o.outputs[0], top_k) for o in outs]
