@@ -4,7 +4,8 @@ maps onto the kind's fields).
 - `sums/`: math as JSONL, `problem` and (gold only) `solution` ending in `#### N` (conftest.math_questions,
   the questions the tiny math teacher was taught).
 - `quiz/`: multiple choice as JSONL: `question`, a list of `options`, the gold `answer` (an option's text):
-  what a real Pang & Lee review sentence says about the film.
+  what a real Pang & Lee review sentence says about the film; the last prompt has a single option, which
+  the teacher cannot choose among (a parse error, routed to review).
 - `digest/`: summarization as CSV: `article` (two review sentences), gold `highlight` (its first sentence).
 - `talk/`: chat as JSONL: `message` (a request about a review sentence), gold `reply`.
 """
@@ -46,9 +47,11 @@ def write_quiz(folder: Path, sentences: list[dict[str, str]], prompts: int = 40,
         }
         for s in picked
     ]
+    unusable = {"question": "Which option is it?", "options": ["the only option"]}  # teacher: parse error
     return {
         "prompts": _jsonl(
-            folder / "quiz.jsonl", [{k: r[k] for k in ("question", "options")} for r in rows[:prompts]]
+            folder / "quiz.jsonl",
+            [{k: r[k] for k in ("question", "options")} for r in rows[:prompts]] + [unusable],
         ),
         "gold": _jsonl(folder / "quiz_gold.jsonl", rows[prompts:]),
     }

@@ -120,6 +120,11 @@ def test_a_generative_task_runs_end_to_end_and_its_registered_model_answers(
             assert metrics[f"{who}_teacher_logprob"] < 0 and metrics[f"{who}_teacher_judged_rows"] > 0, who
     if name == "quiz":
         assert answer["answer"][0] in (*OPTIONS, None)
+        # The row the teacher could not label stays out of training and goes to review, not quarantine.
+        review = {r["id"]: r for r in catalog.load("review_queue")}
+        assert "parse error" in review["prompts-41"]["route_reason"]
+        assert "prompts-41" not in {r["id"] for r in train}
+        assert metrics["validation_teacher_labels_quarantined_rows"] == 0.0
     if name == "sums":
         # The teacher answers 7 everywhere; 7 of the 21 gold questions have that answer. The student
         # learned it from the teacher's labels (it was never taught under its own prompt).

@@ -262,3 +262,46 @@ def test_half_configured_environment_is_an_error() -> None:
     assert "abc" not in repr(
         ReviewSettings.from_env({"LABEL_STUDIO_URL": "http://x", "LABEL_STUDIO_API_KEY": "abc"})
     )
+
+
+def test_a_reviewers_corrected_generated_answer_is_what_the_next_student_learns(
+    label_studio: LabelStudioServer,
+) -> None:
+    """Math and chat in the real Label Studio: the text area comes pre-filled with the teacher's answer;
+    the reviewer edits it; the merged row carries the human answer, and the generative student's response
+    for it is that answer (for math without the teacher's reasoning, which argued for another number)."""
+    from potstill.training.responses import completion_text
+
+    client = label_studio.client()
+    cases = {
+        "math": (
+            {"id": "m1", "question": "2+3?", "label": "6", "answer": "6", "rationale": "2 + 3 = 6\n#### 6"},
+            "5",
+            " #### 5",
+        ),
+        "chat": (
+            {"id": "c1", "text": "Say hi.", "label": "bye", "output": "bye"},
+            "hello there",
+            " hello there",
+        ),
+    }
+    for kind, (row, corrected, learned) in cases.items():
+        spec = ReviewProjectSpec(f"gen-{kind}", kind, kind)
+        row = {**row, "confidence": 0.2}
+        task = build_task(row, spec)
+        prefilled = task["predictions"][0]
+        assert prefilled["score"] == pytest.approx(0.2) and any(
+            r["type"] == "textarea" and r["value"]["text"] == [row["label"]] for r in prefilled["result"]
+        )
+        pid = client.ensure_project(spec)
+        created = client.import_tasks(pid, [task])
+        to = "question" if kind == "math" else "text"
+        edited = [{"from_name": "answer", "to_name": to, "type": "textarea", "value": {"text": [corrected]}}]
+        with label_studio.http() as http:
+            _annotate(http, created.task_ids[0], edited, lead_time=2.0)
+        answers = client.pull(spec)
+        merged = merge_reviews([row], answers, include_pending=False, dataset_version="v1")
+        assert merged.resolved[row["id"]].status == "corrected"
+        [trained] = merged.rows
+        assert trained["label"] == corrected and trained["label_source"] == "human"
+        assert completion_text(trained, kind, "full") == learned

@@ -35,6 +35,9 @@ class Check:
     column: str  # the source column (a helper column reports the one it derives from)
     expects: str  # what it requires of a row, in words: "expected <expects>, got <the row's value>"
     blocking: bool = False
+    # A bound on the dataset, not a rule for a row: the rows it counts stay (a parse failure is routed to
+    # review, never quarantined); when the bound is broken, the check blocks the run.
+    rate_only: bool = False
 
 
 def text_fields(kind: str | None) -> tuple[str, ...]:
@@ -70,9 +73,9 @@ def build_checks(
 
     checks: dict[str, Check] = {}
 
-    def add(key: str, exp: Any, expects: str, blocking: bool = False) -> None:
+    def add(key: str, exp: Any, expects: str, blocking: bool = False, rate_only: bool = False) -> None:
         exp.meta = {"check": key}  # how a result finds its check: GX returns results in its own order
-        checks[key] = Check(exp, key.split(".")[0], expects, blocking)
+        checks[key] = Check(exp, key.split(".")[0], expects, blocking, rate_only)
 
     present, top, tol = set(frame.columns), limits.max_text_chars, limits.distribution_tolerance
     teacher = role in TEACHER_ROLES
@@ -122,7 +125,8 @@ def build_checks(
         # A missing flag means parsed; GX would leave nulls out of the rate's denominator instead.
         frame["__parse_error"] = pd.Series([v is True for v in frame["parse_error"]], dtype=object)
         exp = gxe.ExpectColumnValuesToBeInSet(column="__parse_error", value_set=[False], mostly=1 - bound)
-        add("parse_error.rate", exp, f"a parsed teacher output (at most {bound:.1%} unparsed)", blocking=True)
+        expects = f"a parsed teacher output (at most {bound:.1%} unparsed)"
+        add("parse_error.rate", exp, expects, blocking=True, rate_only=True)
     return checks
 
 

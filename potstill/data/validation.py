@@ -159,6 +159,9 @@ def validate_rows(
         flagged = [position[d[ROW]] for d in res.result.get("unexpected_index_list") or []]
         if cfg.type == "expect_column_to_exist" and not res.success:
             flagged = list(range(len(rows)))  # table-level, so GX gives no indices: every row lacks it
+        counted = len(flagged)
+        if check.rate_only:  # the rows stay; only the rate decides (blocking)
+            flagged = []
         for i in flagged:
             value = rows[i].get(check.column, "<absent>")
             message = row_message(cfg.type, check.expects, check.column, value)
@@ -175,7 +178,7 @@ def validate_rows(
                 "expects": check.expects,
                 "blocking": check.blocking,
                 "success": bool(res.success),
-                "unexpected_count": int(res.result.get("unexpected_count") or len(flagged)),
+                "unexpected_count": int(res.result.get("unexpected_count") or counted),
                 "element_count": int(res.result.get("element_count") or len(rows)),
                 "exception": exception_message(res.exception_info),
             }
