@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 import yaml
 
 from benchmarks.support import generative_data as D
+from benchmarks.support import sections
 
 SECTION = "## Generative students"
 MATH_TASK = "gsm8k"
@@ -446,15 +447,8 @@ def report(
 
 
 def write_section(text: str, path: Path, heading: str = SECTION) -> None:
-    """Replace the section under `heading` in `path` (up to the next `## `), or append it."""
-    old = path.read_text() if path.exists() else ""
-    start = old.find(heading + "\n")
-    if start < 0:
-        new = (old.rstrip("\n") + "\n\n" if old.strip() else "") + text
-    else:
-        end = old.find("\n## ", start + len(heading))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
-    path.write_text(new.rstrip("\n") + "\n")
+    """Replace this script's section of `path` (or append it)."""
+    sections.write_section(text, path, heading)
 
 
 # ---- main --------------------------------------------------------------------------------------------

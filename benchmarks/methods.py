@@ -42,6 +42,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tuned_teacher as T
 
+from benchmarks.support import sections
+
 ROOT = T.ROOT
 METHODS = ["sft", "step_by_step", "logit_offline", "logit_online", "hidden_states", "on_policy"]
 SIGNAL_METHODS = {"logit_offline"}  # methods that read stored teacher signals
@@ -265,14 +267,7 @@ def table(results: dict[str, dict[str, Any]], teacher: dict[str, Any]) -> list[s
 
 def write_section(text: str, path: Path) -> None:
     """Replace the `## Distillation methods` section of BENCHMARKS.md (or append it)."""
-    old = path.read_text() if path.exists() else ""
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(SECTION))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
-    path.write_text(new.rstrip("\n") + "\n")
+    sections.write_section(text, path, SECTION)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,0 +1,18 @@
+"""BENCHMARKS.md is one file of sections, each owned by one script: a rerun replaces its own section and
+leaves the others as they are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_section(text: str, path: Path, heading: str) -> None:
+    """Replace the section under `heading` in `path` (up to the next `## `), or append it."""
+    old = path.read_text() if path.exists() else ""
+    start = old.find(heading)
+    if start < 0:
+        new = (old.rstrip("\n") + "\n\n" if old.strip() else "") + text
+    else:
+        end = old.find("\n## ", start + len(heading))
+        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
+    path.write_text(new.rstrip("\n") + "\n")
