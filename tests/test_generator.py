@@ -120,14 +120,15 @@ def test_a_tiny_random_model_learns_to_write_the_answer(
     gen = _generator(tiny_model_dir, tokenizer, response)
     questions = [{"question": r["problem"]} for r in math_questions(6, 500)]  # never trained on
     assert not any(a.answer == "7" for a in gen.generate(questions))
-    # step_by_step: a 64-wide model tells the two tasks apart within 30 steps when the label task weighs
+    # step_by_step: a 64-wide model tells the two tasks apart within 40 steps when the label task weighs
     # more (with equal weights it writes the answer then keeps repeating its digit).
     opts = {"rationale_weight": 0.3} if method == "step_by_step" else {}
     result = train(_inputs(gen, tmp_path, method, steps, **opts))
     assert result.steps == steps and result.tokens_per_s > 0
     after = gen.generate(questions)
     assert all(a.answer == "7" for a in after), [a.response for a in after]
-    assert all(a.response == "#### 7" for a in after), [a.response for a in after]
+    expected = SOLUTION if response == "full" else "#### 7"  # step_by_step infers the short answer
+    assert all(a.response == expected for a in after), [a.response for a in after]
     back = load_student(gen.save(tmp_path / "saved"))
     assert [a.response for a in back.generate(questions)] == [a.response for a in after]
 

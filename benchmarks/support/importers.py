@@ -18,7 +18,7 @@ from typing import Any
 
 from potstill.data.catalog import Catalog, Saved
 from potstill.kinds.closed import NLI_LABELS
-from potstill.kinds.math import extract_answer
+from potstill.kinds.numbers import extract_answer
 
 Row = dict[str, Any]
 

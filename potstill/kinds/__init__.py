@@ -19,7 +19,8 @@ from potstill.kinds import chat, classification, math, multiple_choice, nli, sum
 from potstill.kinds.base import Kind, LabelFn, ScoreFn
 from potstill.kinds.closed import NLI_LABELS, choice_options, format_choices
 from potstill.kinds.common import KindSpec, Labeled, normalise, routing_confidence
-from potstill.kinds.math import extract_answer, majority_vote, normalise_number
+from potstill.kinds.math import majority_vote
+from potstill.kinds.numbers import extract_answer, normalise_number
 from potstill.kinds.rationale import RationaleSpec, add_rationales
 from potstill.kinds.text import text_confidence
 from potstill.labeling.teacher.base import TeacherBackend

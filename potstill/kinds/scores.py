@@ -1,7 +1,7 @@
 """Evaluation scores of the generative kinds: math, multiple choice, summarization and chat.
 
 A generative student writes text, so before it can be compared with a gold answer its text has to be
-read the way the kind reads the teacher's: a number for math (`potstill.kinds.math.extract_answer`, or a
+read the way the kind reads the teacher's: a number for math (`potstill.kinds.numbers.extract_answer`, or a
 bare number), one of the row's choices for multiple choice (`match_choice`), the text itself for
 summarization and chat (ROUGE-L against the reference). Each kind's `score` here returns metrics without
 the model prefix, like `potstill.metrics.classification_scores`, and its headline metric is one of them
@@ -21,6 +21,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from potstill.kinds.closed import CHOICE_LETTERS
+from potstill.kinds.numbers import _ANY_NUMBER, extract_answer, normalise_number
 
 if TYPE_CHECKING:
     from rouge_score.rouge_scorer import RougeScorer
@@ -59,9 +60,6 @@ def read_number(value: str | None) -> str | None:
     else the whole value when it is a single number. A number inside other text is not read: it is an
     intermediate result, not an answer (as in `extract_answer`).
     """
-    # Imported here: potstill.kinds.math imports this module for its KIND, so a top-level import would
-    # be a cycle whichever module is imported first.
-    from potstill.kinds.math import _ANY_NUMBER, extract_answer, normalise_number
 
     if value is None:
         return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from potstill.kinds.math import extract_answer
+from potstill.kinds.numbers import extract_answer
 from potstill.prompts import label_completion
 
 Response = Literal["full", "answer"]

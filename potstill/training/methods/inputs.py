@@ -44,6 +44,12 @@ class DistillInputs:
     completion: Callable[[dict[str, Any]], str] = _label_completion
     kind: str = "classification"
 
+    def __post_init__(self) -> None:
+        if self.student.max_length is None:  # unset: the kind's default (96 closed, 320 generative)
+            from potstill.kinds import get_kind
+
+            self.student = self.student.for_kind(get_kind(self.kind))
+
     @property
     def options(self) -> Any:
         """The selected method's own section of `distill:` (e.g. `distill.logit_online`)."""
@@ -66,15 +72,13 @@ class DistillInputs:
         teacher settings. The in-process path and each `accelerate launch` rank build them here alike.
         Rows get the fields their prompt derives (multiple choice's `choices_text`); `student.max_length`
         left unset is the kind's default."""
-        from potstill.kinds import get_kind
-
         kind = getattr(student, "kind", "classification")
         return cls(
             model=student.model,
             tokenizer=student.tokenizer,
             rows=[student.prepare(r) for r in rows],
             prompt=student.prompt,
-            student=cfg.student.for_kind(get_kind(kind)),
+            student=cfg.student,
             distill=cfg.distill,
             output_dir=output_dir,
             seed=seed,
