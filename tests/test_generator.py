@@ -112,7 +112,7 @@ def _generator(tiny_model_dir: Path, tokenizer, response: str = "full") -> Gener
 
 
 @pytest.mark.parametrize(
-    ("method", "response", "steps"), [("sft", "full", 40), ("step_by_step", "answer", 40)]
+    ("method", "response", "steps"), [("sft", "answer", 40), ("step_by_step", "answer", 40)]
 )
 def test_a_tiny_random_model_learns_to_write_the_answer(
     tiny_model_dir: Path, tokenizer, tmp_path: Path, method: str, response: str, steps: int
@@ -127,8 +127,9 @@ def test_a_tiny_random_model_learns_to_write_the_answer(
     assert result.steps == steps and result.tokens_per_s > 0
     after = gen.generate(questions)
     assert all(a.answer == "7" for a in after), [a.response for a in after]
-    expected = SOLUTION if response == "full" else "#### 7"  # step_by_step infers the short answer
-    assert all(a.response == expected for a in after), [a.response for a in after]
+    # step_by_step also learned the chain of thought as its second task, yet infers the short answer.
+    # (`full` is learned end to end in tests/test_generative_flow.py, from the taught math teacher.)
+    assert all(a.response == "#### 7" for a in after), [a.response for a in after]
     back = load_student(gen.save(tmp_path / "saved"))
     assert [a.response for a in back.generate(questions)] == [a.response for a in after]
 
