@@ -26,15 +26,11 @@ NLI_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
 CHOICE_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
-def _score_rows(
-    backend: TeacherBackend,
-    template: PromptTemplate,
-    rows: Sequence[dict[str, Any]],
-    options: Sequence[Sequence[str] | str],
-    top_k: int = 0,
-) -> list[Labeled]:
-    """Score each row's options (a str in `options` is that row's parse-error reason); with `top_k` the
-    chosen option's teacher-forced signals come along."""
+def _usable_rows(
+    template: PromptTemplate, rows: Sequence[dict[str, Any]], options: Sequence[Sequence[str] | str]
+) -> tuple[list[Labeled | None], list[int], list[str]]:
+    """(records so far: the parse failures of unusable rows, None elsewhere; the indices of the usable
+    rows; their rendered prompts). A str in `options` is that row's parse-error reason."""
     out: list[Labeled | None] = [None] * len(rows)
     todo: list[int] = []
     prompts: list[str] = []
@@ -47,6 +43,19 @@ def _score_rows(
         else:
             todo.append(i)
             prompts.append(prompt)
+    return out, todo, prompts
+
+
+def _score_rows(
+    backend: TeacherBackend,
+    template: PromptTemplate,
+    rows: Sequence[dict[str, Any]],
+    options: Sequence[Sequence[str] | str],
+    top_k: int = 0,
+) -> list[Labeled]:
+    """Score each row's options (a str in `options` is that row's parse-error reason); with `top_k` the
+    chosen option's teacher-forced signals come along."""
+    out, todo, prompts = _usable_rows(template, rows, options)
     if todo:
         completions = [[label_completion(o) for o in options[i]] for i in todo]
         forced: list[list[tuple[TokenLogprobs, ...]]] = [[] for _ in todo]
@@ -94,18 +103,7 @@ def _choose_rows(
             f"teacher.vllm.guided_choice needs a backend that generates constrained to choices (vllm); "
             f"{type(backend).__name__} cannot"
         )
-    out: list[Labeled | None] = [None] * len(rows)
-    todo: list[int] = []
-    prompts: list[str] = []
-    for i, (row, opts) in enumerate(zip(rows, options, strict=True)):
-        prompt = render(template, row) if not isinstance(opts, str) else None
-        if isinstance(opts, str):
-            out[i] = parse_failure(row, opts, distribution=None)
-        elif isinstance(prompt, PromptError):
-            out[i] = parse_failure(row, f"prompt: {prompt}", distribution=None)
-        else:
-            todo.append(i)
-            prompts.append(prompt)
+    out, todo, prompts = _usable_rows(template, rows, options)
     if todo:
         completions = [[label_completion(o) for o in options[i]] for i in todo]
         generations = backend.choose(prompts, completions, top_k)
