@@ -20,7 +20,7 @@ from typing import Any
 
 from prefect import runtime
 
-from potstill.chat import apply_chat_templates, check_student_prompt
+from potstill.chat import chat_wrapped, check_student_prompt
 from potstill.config import RunConfig, TeacherConfig, config_hash, flatten, to_yaml, validate
 from potstill.data.catalog import Catalog
 from potstill.data.tasks import RegistryTarget, TaskSpec, registry_target
@@ -116,29 +116,6 @@ def templates_for(setup: Setup) -> dict[str, PromptTemplate]:
             )
         out["rationale_prompt"] = catalog.prompt("rationale_prompt")
     return out
-
-
-def chat_wrapped(templates: dict[str, PromptTemplate], cfg: RunConfig) -> dict[str, PromptTemplate]:
-    """The task's templates inside the teacher's and the student's chat templates (`chat_template: true`);
-    a served teacher applies its own, so it must be asked through chat messages."""
-    from transformers import AutoTokenizer
-
-    from potstill.models import weights_location
-
-    teacher_tok = None
-    if cfg.teacher.backend == "openai":
-        if not cfg.teacher.openai.chat:
-            raise TaskError(
-                "the task declares chat_template: true and the teacher is served (teacher.backend: openai): "
-                "set teacher.openai.chat: true, so the server applies the teacher's chat template"
-            )
-    else:
-        teacher_tok = AutoTokenizer.from_pretrained(weights_location(cfg.teacher.model))
-    source = cfg.teacher.model if cfg.student.model == "pruned-teacher" else cfg.student.model
-    if source is None:
-        raise TaskError("chat_template: true needs a local student (student.model) to read its template")
-    student_tok = AutoTokenizer.from_pretrained(weights_location(source))
-    return apply_chat_templates(templates, teacher_tok, student_tok)
 
 
 @contextmanager

@@ -17,10 +17,13 @@ retrain continues from) whose saved prompt is not the one this run would train a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from potstill.errors import TaskError
 from potstill.prompts import PromptTemplate
+
+if TYPE_CHECKING:
+    from potstill.config import RunConfig
 
 _SLOT = "\u241fpotstill-prompt\u241f"  # a marker no chat template contains
 
@@ -85,3 +88,28 @@ def check_student_prompt(saved: PromptTemplate, expected: PromptTemplate, where:
         f"template).\n  student's prompt: {saved.text!r}\n  this run's:       {expected.text!r}\n"
         "Start from a fresh student (`potstill run`), or restore the task's template and chat_template."
     )
+
+
+def chat_wrapped(templates: dict[str, PromptTemplate], cfg: RunConfig) -> dict[str, PromptTemplate]:
+    """The task's templates inside the teacher's and the student's chat templates (`chat_template: true`);
+    a served teacher applies its own, so it must be asked through chat messages."""
+    from transformers import AutoTokenizer
+
+    from potstill.models import weights_location
+
+    teacher_tok = None
+    if cfg.teacher.backend == "openai":
+        if not cfg.teacher.openai.chat:
+            raise ChatTemplateError(
+                "the task declares chat_template: true and the teacher is served (teacher.backend: openai): "
+                "set teacher.openai.chat: true, so the server applies the teacher's chat template"
+            )
+    else:
+        teacher_tok = AutoTokenizer.from_pretrained(weights_location(cfg.teacher.model))
+    source = cfg.teacher.model if cfg.student.model == "pruned-teacher" else cfg.student.model
+    if source is None:
+        raise ChatTemplateError(
+            "chat_template: true needs a local student (student.model) to read its template"
+        )
+    student_tok = AutoTokenizer.from_pretrained(weights_location(source))
+    return apply_chat_templates(templates, teacher_tok, student_tok)
