@@ -112,3 +112,17 @@ def test_tasks_and_flows_are_not_installed_and_change_nothing_on_import():
     env = {"PATH": "/usr/bin:/bin", "HOME": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code], cwd="/", env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_no_test_or_benchmark_names_a_path_of_this_machine():
+    """A user's clone lives anywhere: the shared benchmark data is found beside the checkout (or through
+    POTSTILL_SHARED_DATA), never at this machine's `/work/...` path."""
+    machine = "/" + "work/"  # split so this file does not name it either
+    offenders = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for folder in ("tests", "benchmarks", "potstill", "flows", "tasks")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if f'"{machine}' in line or f"'{machine}" in line
+    ]
+    assert not offenders, offenders

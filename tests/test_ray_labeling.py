@@ -246,3 +246,18 @@ def test_killed_ray_worker_loses_nothing_and_labels_nothing_twice(
     assert not list((tmp_path / "run").glob(".*.tmp")), "a killed attempt leaves no temp file behind"
     assert out.result.records == reference
     assert out.result.labeled_rows == len(rows) and out.result.resumed_rows == 0
+
+
+def test_only_listed_variables_reach_ray_workers_and_no_hub_token(monkeypatch):
+    """`HF_` used to be forwarded as a prefix, and HF_TOKEN with it, into Ray's job metadata."""
+    from potstill.labeling.ray_shards import FORWARDED_ENV, worker_env
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", "hf_other_secret")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("POTSTILL_CACHE", "/tmp/potstill-cache")
+    monkeypatch.setenv("POTSTILL_TEACHER_API_KEY", "sk-not-for-ray")
+    env = worker_env()
+    assert env["HF_HUB_OFFLINE"] == "1" and env["POTSTILL_CACHE"] == "/tmp/potstill-cache"
+    assert set(env) <= set(FORWARDED_ENV)
+    assert not any("secret" in v or "sk-" in v for v in env.values())

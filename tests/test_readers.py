@@ -206,3 +206,88 @@ def test_bad_byte_in_a_key_or_unparseable_line_is_reported_readably(tmp_path: Pa
     assert result.rejected[1] == RejectedRow(2, '{"id": "b", \ufffd')
     for problem in result.problems:
         str(problem).encode("utf-8")  # no lone surrogate left: it would not encode
+
+
+def only_problem(result) -> Problem:
+    assert len(result.problems) == 1, result.problems
+    return result.problems[0]
+
+
+def test_json_that_python_cannot_read_is_quarantined_not_a_crash(tmp_path: Path):
+    """Deep nesting (RecursionError) and a 5,000-digit integer (ValueError) used to crash the reader."""
+    lines = [
+        json.dumps({"id": "a", "text": "fine"}),
+        '{"id": "b", "text": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"id": "c", "text": "x", "n": ' + "9" * 5000 + "}",
+        json.dumps({"id": "d", "text": "also fine"}),
+    ]
+    res = read_rows(write(tmp_path, "p.jsonl", ("\n".join(lines) + "\n").encode()), "jsonl", REQ)
+    assert [r["id"] for r in res.rows] == ["a", "d"] and res.row_numbers == [1, 4]
+    assert [r.row for r in res.rejected] == [2, 3]
+    reasons = {p.row: p.reason for p in res.problems}
+    assert "nested too deeply" in reasons[2]
+    assert "unreadable JSON value" in reasons[3] and "4300 digits" in reasons[3]
+
+
+def test_nan_and_infinity_are_not_json(tmp_path: Path):
+    lines = ['{"id": "a", "text": "t", "score": NaN}', '{"id": "b", "text": "t", "score": -Infinity}']
+    res = read_rows(write(tmp_path, "p.jsonl", ("\n".join(lines) + "\n").encode()), "jsonl", REQ)
+    assert not res.rows and [r.row for r in res.rejected] == [1, 2]
+    assert [p.reason.split(" ")[0] for p in res.problems] == ["NaN", "-Infinity"]
+
+
+def test_a_nul_character_in_a_field_is_quarantined_with_its_field(tmp_path: Path):
+    jsonl = json.dumps({"id": "a", "text": "nul\u0000here"}) + "\n" + json.dumps({"id": "b", "text": "ok"})
+    res = read_rows(write(tmp_path, "p.jsonl", jsonl.encode() + b"\n"), "jsonl", REQ)
+    assert [r["id"] for r in res.rows] == ["b"]
+    assert (only_problem(res).row, only_problem(res).field) == (1, "text")
+    assert "NUL" in only_problem(res).reason
+    res = read_rows(write(tmp_path, "p.csv", b"id,text\na,x\x00y\nb,ok\n"), "csv", REQ)
+    assert [r["id"] for r in res.rows] == ["b"]
+    assert (only_problem(res).row, only_problem(res).field) == (1, "text")
+
+
+def test_utf16_files_are_read_and_utf16_without_a_bom_is_a_clear_error(tmp_path: Path):
+    text = json.dumps({"id": "a", "text": "caf\u00e9"}) + "\n" + json.dumps({"id": "b", "text": "ok"}) + "\n"
+    for codec in ("utf-16", "utf-16-be"):  # "utf-16" writes a little-endian BOM; add one for big-endian
+        data = text.encode(codec) if codec == "utf-16" else b"\xfe\xff" + text.encode(codec)
+        res = read_rows(write(tmp_path, f"{codec}.jsonl", data), "jsonl", REQ)
+        assert [r["text"] for r in res.rows] == ["caf\u00e9", "ok"] and not res.problems
+    res = read_rows(write(tmp_path, "nobom.jsonl", text.encode("utf-16-le")), "jsonl", REQ)
+    assert not res.rows and only_problem(res).row == 0 and "UTF-16" in only_problem(res).reason
+
+
+def test_a_file_over_the_memory_limit_is_refused_before_it_is_read(tmp_path: Path):
+    """A 300 MB file (sparse: no disk used) against a 100 MB limit: one file-level problem, and the reading
+    process's peak RSS does not grow by the file's size (measured around the call in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    big = tmp_path / "big.jsonl"
+    with big.open("wb") as f:
+        f.truncate(300_000_000)
+    script = (
+        "import resource, sys\n"
+        "from potstill.data.readers import read_rows\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"res = read_rows({str(big)!r}, 'jsonl', ['id', 'text'], max_bytes=100_000_000)\n"
+        "print(res.problems[0].reason)\n"
+        "print(len(res.rows), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    reason, counts = out.strip().splitlines()
+    assert reason.startswith("file of 300 MB is over the 100 MB") and "split it" in reason
+    rows, peak_mb = map(int, counts.split())
+    assert rows == 0 and peak_mb < 50
+
+
+def test_the_default_limit_is_a_share_of_available_memory(tmp_path: Path, monkeypatch):
+    from potstill.data.readers import READ_OVERHEAD, max_file_bytes
+
+    meminfo = write(tmp_path, "meminfo", b"MemTotal: 24000000 kB\nMemAvailable: 8000000 kB\n")
+    monkeypatch.delenv("POTSTILL_MAX_FILE_MB", raising=False)
+    assert max_file_bytes(meminfo) == 8_000_000 * 1024 // READ_OVERHEAD
+    monkeypatch.setenv("POTSTILL_MAX_FILE_MB", "50")
+    assert max_file_bytes(meminfo) == 50_000_000
+    res = read_rows(write(tmp_path, "p.jsonl", b'{"id": "a", "text": "t"}\n' * 4), "jsonl", REQ, max_bytes=10)
+    assert not res.rows and not res.rejected and only_problem(res).field == "<file>"

@@ -193,6 +193,18 @@ def test_openai_gives_up_without_leaking_the_key(stub, monkeypatch):
     assert "sk-secret" not in str(err.value) and "sk-secret" not in repr(err.value)
 
 
+def test_a_key_where_the_error_body_is_cut_does_not_leak_its_start(stub, monkeypatch):
+    """The body is quoted up to 300 characters; cut before redaction, a key across the cut kept its start."""
+    key = "sk-secret-abcdefghijklmnop"
+    monkeypatch.setenv("POTSTILL_TEACHER_API_KEY", key)
+    filler = "x" * (300 - len('{"error": "') - 10)  # the key begins 10 characters before the cut
+    _Stub.script = [(400, {"error": filler + key})]
+    b = OpenAIBackend(stub, "m", max_retries=0, backoff_s=0.01, timeout_s=5)
+    with pytest.raises(TeacherHTTPError) as err:
+        b.generate(["x"], SamplingSpec(max_new_tokens=1))
+    assert "sk-secret" not in str(err.value) and "***" in str(err.value)
+
+
 def test_openai_timeout_is_retried(stub):
     _Stub.script = [(0, COMPLETION), (200, COMPLETION)]
     b = OpenAIBackend(stub, "m", max_retries=1, backoff_s=0.01, timeout_s=0.3)

@@ -423,3 +423,15 @@ def test_task_stops_a_training_set_that_shares_ids_with_gold(project: Path, mlfl
             eval_name="gold",
         )
     assert "row 10 (id g0): id: expected an id not in gold, got 'g0'" in str(exc.value)
+
+
+def test_a_nan_or_negative_probability_in_the_distribution_is_quarantined():
+    """NaN compares false with both bounds, so a sum check alone let a NaN distribution through."""
+    rows = teacher()
+    rows[2]["distribution"] = {"negative": float("nan"), "positive": 0.8}
+    rows[4]["distribution"] = {"negative": -0.5, "positive": 1.5}  # sums to 1, yet not probabilities
+    rows[6]["distribution"] = {"negative": float("inf"), "positive": 0.0}
+    report = validate_rows(rows, "teacher_labels", "classification", LABELS)
+    found = failures(report)
+    assert sorted(found) == [3, 5, 7]
+    assert all(f[0][1] == "distribution" for f in found.values())

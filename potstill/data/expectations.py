@@ -216,12 +216,13 @@ def _number(v: Any) -> float | None:
 
 
 def _distribution_sum(v: Any) -> float | None:
-    """Sum of the label probabilities; inf for anything but a non-empty dict of numbers, so it fails."""
+    """Sum of the label probabilities; inf for anything but a non-empty dict of probabilities in [0, 1]
+    (NaN and infinities included), so it fails."""
     if is_null(v):
         return None
     ok = (
         isinstance(v, dict)
         and v
-        and all(isinstance(p, int | float) and not isinstance(p, bool) for p in v.values())
-    )
+        and all(isinstance(p, int | float) and not isinstance(p, bool) and 0 <= p <= 1 for p in v.values())
+    )  # `0 <= p <= 1` is False for NaN: a NaN sum would compare as inside the range and pass
     return float(sum(v.values())) if ok else math.inf

@@ -21,6 +21,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +30,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 MAX_VALUE_CHARS = 200
+# Reading holds the bytes, their decoded lines and the parsed rows at once: about this many times the size.
+READ_OVERHEAD = 10
+
+
+def max_file_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """The largest file a read may take: available memory over READ_OVERHEAD (`POTSTILL_MAX_FILE_MB`
+    overrides it). Without /proc/meminfo (not Linux) there is no limit."""
+    if os.environ.get("POTSTILL_MAX_FILE_MB"):
+        return int(float(os.environ["POTSTILL_MAX_FILE_MB"]) * 1e6)
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 // READ_OVERHEAD
+    except OSError:
+        pass
+    return sys.maxsize
 
 
 @dataclass(frozen=True)
@@ -130,16 +149,38 @@ def read_rows(
     fmt: Literal["jsonl", "csv", "parquet"],
     required: list[str],
     mapping: ColumnMap | None = None,
+    max_bytes: int | None = None,
 ) -> ReadResult:
     """Rows of a JSONL, CSV or Parquet file with their row numbers, mapped onto the kind's fields by
-    `mapping`; problem rows go to `rejected`, never away."""
+    `mapping`; problem rows go to `rejected`, never away. A file over `max_bytes` (default: what this
+    machine's available memory allows, `max_file_bytes`) is one file-level problem, read not at all."""
     path = Path(path)
     mapping = mapping or ColumnMap()
     result = ReadResult()
+    size = path.stat().st_size if path.exists() else 0  # a missing file fails below, as it always did
+    limit = max_file_bytes() if max_bytes is None else max_bytes
+    if size > limit:  # refused before a byte is read: a file larger than memory must not take the run down
+        reason = (
+            f"file of {size / 1e6:,.0f} MB is over the {limit / 1e6:,.0f} MB a file may have here "
+            f"(reading needs about {READ_OVERHEAD}x its size in memory): split it into smaller files"
+        )
+        result.problems.append(Problem(str(path), 0, "<file>", short(path.name), reason))
+        return result
     if fmt == "parquet":
         records: Iterator[_Record] = _parquet_records(path, result)
     else:
         data = path.read_bytes()
+        if data.startswith(UTF16_BOMS):  # Windows tools save "Unicode" text as UTF-16: read it as such
+            try:
+                data = data.decode("utf-16").encode("utf-8")
+            except UnicodeDecodeError as exc:
+                reason = f"UTF-16 byte-order mark, but not UTF-16 at byte {exc.start}: save it as UTF-8"
+                result.problems.append(Problem(str(path), 0, "<file>", short(data[:40]), reason))
+                return result
+        elif data[:4096].count(b"\x00") > len(data[:4096]) // 4:
+            reason = "every other byte is NUL: UTF-16 without a byte-order mark? save it as UTF-8"
+            result.problems.append(Problem(str(path), 0, "<file>", short(data[:40]), reason))
+            return result
         start = len(BOM) if data.startswith(BOM) else 0
         if not data[start:].strip():
             problem = Problem(str(path), 0, "<file>", short(data[:MAX_VALUE_CHARS]), "empty file")
@@ -262,18 +303,30 @@ def _jsonl_records(lines: list[_Line]) -> Iterator[_Record]:
             continue  # a blank line holds no row
         rec = _Record(line.number, line.text.rstrip("\r\n"))
         try:
-            rec.value = json.loads(rec.text, object_pairs_hook=_no_duplicate_keys)
+            rec.value = json.loads(
+                rec.text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants
+            )
         except _DuplicateKeyError as exc:
             rec.problems.append((exc.key, short(exc.key), f"duplicate key {exc.key!r} in one object"))
+        except _ConstantError as exc:
+            reason = f"{exc.constant} is not valid JSON (Python's extension; a number or null is)"
+            rec.problems.append(("<row>", short(rec.text), reason))
         except json.JSONDecodeError as exc:
             reason = f"invalid JSON at column {exc.colno}: {exc.msg}"
             if line.number == last and not line.text.endswith("\n"):
                 reason += " (last line has no newline: the file looks truncated)"
             rec.problems.append(("<row>", short(rec.text), reason))
+        except RecursionError:
+            reason = "JSON nested too deeply to read (over Python's recursion limit)"
+            rec.problems.append(("<row>", short(rec.text), reason))
+        except ValueError as exc:  # e.g. an integer of over 4,300 digits (int_max_str_digits)
+            rec.problems.append(("<row>", short(rec.text), f"unreadable JSON value: {exc}"))
         else:
             if not isinstance(rec.value, dict):
                 kind = type(rec.value).__name__
                 rec.problems.append(("<row>", short(rec.value), f"JSON {kind}, not an object"))
+            else:
+                rec.problems += _nul_fields(rec.value)
         if line.bad_at is not None:
             bad, value = _bad_field(rec.value, rec.text)
             rec.problems.insert(
@@ -331,6 +384,7 @@ def _csv_records(lines: list[_Line], size: int, file: str, result: ReadResult) -
                 rec.problems.insert(
                     0, (bad, short(_repair(value)), f"non-UTF-8 bytes at byte offset {bad_at}")
                 )
+            rec.problems += _nul_fields(rec.value)
             yield rec
 
 
@@ -353,6 +407,27 @@ def _unique_names(names: list[str]) -> list[str]:
         seen[name] = seen.get(name, 0) + 1
         out.append(name if seen[name] == 1 else f"{name}.{seen[name]}")
     return out
+
+
+class _ConstantError(ValueError):
+    def __init__(self, constant: str):
+        super().__init__(constant)
+        self.constant = constant
+
+
+def _no_constants(name: str) -> Any:
+    """NaN, Infinity and -Infinity: Python's json reads them, no other JSON reader does, and a NaN
+    compares false with every bound a validation rule sets, so it would pass them all."""
+    raise _ConstantError(name)
+
+
+def _nul_fields(value: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Fields holding a NUL character: PostgreSQL (behind Label Studio and MLflow) refuses it in text."""
+    return [
+        (_repair(str(k)), short(_repair(v)), "NUL character in the field")
+        for k, v in value.items()
+        if isinstance(v, str) and "\x00" in v
+    ]
 
 
 class _DuplicateKeyError(ValueError):

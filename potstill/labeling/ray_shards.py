@@ -33,10 +33,18 @@ from potstill.labeling.shards import MANIFEST, ShardError, ShardRun
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # Environment the Ray workers need to behave like this process: offline hub, quiet telemetry, the same
-# model cache (converted GGUF weights live there). Secrets (API keys) are not forwarded: set them on the
-# cluster, they would show in Ray's job metadata.
-FORWARDED_ENV_PREFIXES = ("POTSTILL_CACHE", "HF_", "TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM")
+# model cache (converted GGUF weights live there). An explicit list, no prefixes: a prefix such as `HF_`
+# also matched HF_TOKEN. Secrets (API keys, hub tokens) are not forwarded: set them on the cluster, they
+# would show in Ray's job metadata.
 FORWARDED_ENV = (
+    "POTSTILL_CACHE",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HF_HUB_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "HF_HUB_DISABLE_TELEMETRY",
+    "TRANSFORMERS_OFFLINE",
+    "TOKENIZERS_PARALLELISM",
     "DO_NOT_TRACK",
     "MLFLOW_DISABLE_TELEMETRY",
     "GX_ANALYTICS_ENABLED",
@@ -68,11 +76,7 @@ def is_loopback(address: str | None) -> bool:
 
 def worker_env() -> dict[str, str]:
     """The environment variables forwarded to Ray workers through the job's runtime_env."""
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if k in FORWARDED_ENV or any(k.startswith(p) for p in FORWARDED_ENV_PREFIXES)
-    }
+    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 
 
 def init_kwargs(address: str | None) -> dict[str, Any]:

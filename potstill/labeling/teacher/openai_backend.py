@@ -124,7 +124,7 @@ class OpenAIBackend:
             else:
                 if resp.status_code < 400:
                     return resp.json()
-                body = self._redact(resp.text[:300])
+                body = self._redact(resp.text)[:300]  # redact first: a cut key would leak its start
                 last = f"HTTP {resp.status_code}: {body}"
                 if resp.status_code not in RETRY_STATUS:
                     raise TeacherHTTPError(f"POST {path} failed: {last}", resp.status_code)
