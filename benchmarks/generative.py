@@ -469,6 +469,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md", help="markdown file to write into")
     p.add_argument("--project", type=Path, default=None, help="project folder (default: a temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the project folder (logs, MLflow store)")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="a results file (JSON) kept across sessions: the runs it holds are not run again and stay in "
+        "the table; it is rewritten after every run. For a CPU-size benchmark longer than one sitting "
+        "(commit the file, run again later with the same --size and --text-task)",
+    )
     args = p.parse_args(argv)
     args.runs = (
         list(RUN_NAMES) if args.runs == "all" else [r.strip() for r in args.runs.split(",") if r.strip()]
@@ -489,7 +497,14 @@ def main(argv: list[str] | None = None) -> None:
     logs = project / "logs"
     results: dict[str, dict[str, Any]] = {}
     declared: dict[str, dict[str, int] | str] = {}
+    if args.resume is not None and args.resume.exists():
+        results, declared = load_resume(args.resume, args.size, args.text_task)
+        print(f"resuming from {args.resume}: {', '.join(results) or 'no runs'} kept", flush=True)
+    ready: set[str] = set()
+    done_here = {"date": str(dt.date.today()), "machine": machine(), "command": command_of(argv)}
     for name, spec in specs.items():
+        if name in results and "error" not in results[name]:
+            continue  # finished in an earlier session (--resume)
         dec = D.DECLARATIONS[spec.task]
         row: dict[str, Any] = {
             "task": spec.task,
@@ -497,7 +512,8 @@ def main(argv: list[str] | None = None) -> None:
             "method": spec.method,
             "response": spec.response,
         }
-        if spec.task not in declared:
+        if spec.task not in ready:  # declared in this project once (a resumed file's counts are kept)
+            ready.add(spec.task)
             try:
                 declared[spec.task] = declare_task(
                     project, spec.task, size, logs / f"task-new-{spec.task}.log"
@@ -520,7 +536,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"== {name}: {shlex.join(cmd[3:])} (log: {log})", flush=True)
         since_ms = int(time.time() * 1000) - 1000
         run = run_once(project, cmd, log, args.timeout_s)
-        row |= run
+        row |= run | done_here
         if run["rc"] != 0:
             results[name] = {**row, "error": ("timed out: " if run["timed_out"] else "") + last_error(log)}
             print(
@@ -541,6 +557,77 @@ def main(argv: list[str] | None = None) -> None:
             f"| {run['wall_s']:.0f}s, {run['peak_rss_mb']:.0f} MB",
             flush=True,
         )
+        # Written after every run: a stopped benchmark (hours at CPU size) keeps the rows it finished.
+        publish(results, declared, size, argv, logs, args.out, final=False)
+        if args.resume is not None:
+            save_resume(args.resume, args.size, args.text_task, results, declared)
+    publish(results, declared, size, argv, logs, args.out, final=True)
+    if args.resume is not None:
+        save_resume(args.resume, args.size, args.text_task, results, declared)
+    print(f"written to {args.out}")
+    if args.keep or args.project:
+        print(f"project kept at {project}")
+    else:
+        shutil.rmtree(project, ignore_errors=True)
+
+
+def command_of(argv: list[str]) -> str:
+    return "python benchmarks/generative.py" + (" " + shlex.join(argv) if argv else "")
+
+
+def load_resume(
+    path: Path, size: str, text_task: str
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, int] | str]]:
+    """The runs and task row counts an earlier session saved; a file of another size or text task is an
+    error (its rows would not compare with this session's)."""
+    saved = json.loads(path.read_text())
+    if (saved.get("size"), saved.get("text_task")) != (size, text_task):
+        raise SystemExit(
+            f"{path} holds a benchmark at --size {saved.get('size')} --text-task {saved.get('text_task')}, "
+            f"not --size {size} --text-task {text_task}: use another file"
+        )
+    return dict(saved.get("runs", {})), dict(saved.get("declared", {}))
+
+
+def save_resume(
+    path: Path,
+    size: str,
+    text_task: str,
+    results: dict[str, dict[str, Any]],
+    declared: dict[str, dict[str, int] | str],
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saved = {"size": size, "text_task": text_task, "declared": declared, "runs": results}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(saved, indent=1, default=str) + "\n")
+    tmp.replace(path)
+
+
+def sessions_note(results: dict[str, dict[str, Any]]) -> str:
+    """Where the rows come from when more than one sitting made them (--resume): date, machine, command
+    and runs of each."""
+    by: dict[tuple[str, str, str], list[str]] = {}
+    for name, r in results.items():
+        if "date" in r:
+            by.setdefault((r["date"], r["machine"], r["command"]), []).append(name)
+    if len(by) < 2:
+        return ""
+    return " Rows from {} sittings: {}.".format(
+        len(by),
+        "; ".join(f"{d} on {m}, `{c}` ({', '.join(runs)})" for (d, m, c), runs in by.items()),
+    )
+
+
+def publish(
+    results: dict[str, dict[str, Any]],
+    declared: dict[str, dict[str, int] | str],
+    size: Size,
+    argv: list[str],
+    logs: Path,
+    out: Path,
+    final: bool,
+) -> None:
+    """Write the section and results.json for the runs so far (printing the section at the end)."""
     tasks = ", ".join(
         f"{t} ({D.DECLARATIONS[t].description}; {v['prompts']} prompts, {v['gold']} gold rows)"
         if isinstance(v, dict)
@@ -553,18 +640,14 @@ def main(argv: list[str] | None = None) -> None:
         f"default pruned copy (layers 0-13 + 29). Tasks: {tasks}. {size.steps} optimizer steps of batch "
         f"{size.batch}, lr 1e-4; max new tokens teacher/student by kind: {by_kind}. Scores on the gold rows: "
         "exact match (no-answer rate) for math, ROUGE-L F (mean words) for free text; agreement is "
-        "teacher-student exact match (math) or ROUGE-L between their texts."
+        "teacher-student exact match (math) or ROUGE-L between their texts." + sessions_note(results)
     )
-    command = "python benchmarks/generative.py" + (" " + shlex.join(argv) if argv else "")
+    command = command_of(argv)
     text = report(results, command, setup)
-    print(text)
+    if final:
+        print(text)
     (logs / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    write_section(text, args.out)
-    print(f"written to {args.out}")
-    if args.keep or args.project:
-        print(f"project kept at {project}")
-    else:
-        shutil.rmtree(project, ignore_errors=True)
+    write_section(text, out)
 
 
 if __name__ == "__main__":

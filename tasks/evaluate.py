@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 from tqdm.auto import tqdm
 
 from potstill import metrics as M
 from potstill.config import TeacherConfig
+from potstill.files import atomic_write_text
 from potstill.kinds import ScoreFn, get_kind, prompt_row
-from potstill.models import count_parameters, folder_size_bytes
+from potstill.models import count_parameters, default_cache_dir, folder_size_bytes
 from potstill.prompts import PromptTemplate, label_completion
 from potstill.training.generator import Generator, load_student
 from tasks.tracking import log_file, log_json, log_metrics
@@ -30,18 +35,74 @@ def student_score(kind: str) -> ScoreFn:
     return score
 
 
+def answers_key(folder: Path, rows: list[dict[str, Any]], batch_size: int) -> str:
+    """What a saved student's answers on `rows` depend on: every file of its folder (weights, tokenizer,
+    the prompt and generation settings it carries), the rows, the batch (batched generation pads) and the
+    code that generates (potstill's and torch's versions). Greedy decoding makes the answers a function of
+    these, so equal keys mean equal answers."""
+    import importlib.metadata
+
+    import torch
+
+    version = importlib.metadata.version("potstill")
+    h = hashlib.sha256(f"potstill {version} torch {torch.__version__} batch {batch_size}\n".encode())
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(folder).as_posix()}\0{f.stat().st_size}\0".encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(chunk)
+    h.update(json.dumps(rows, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except MissingContextError:  # called outside a flow or task
+        return logging.getLogger("potstill")
+
+
+def answers_cache(key: str) -> Path:
+    return default_cache_dir() / "answers" / key[:2] / f"{key}.json"
+
+
 @task(name="predict_gold", cache_policy=NO_CACHE)
 def predict_gold(folder: Path, gold: list[dict[str, Any]], batch_size: int, what: str) -> dict[str, Any]:
     """A saved student's answers on the gold rows (never shown their labels) and what they cost; a
-    generative student also reports its generated texts, tokens per answer and generated tokens/s."""
-    student = load_student(folder, batch_size)
+    generative student also reports its generated texts, tokens per answer and generated tokens/s.
+
+    The answers are kept under the cache by content (`answers_key`): the untrained student of every run
+    of a task, or the champion a retrain compares against, is the same model on the same gold rows, and
+    generating for hundreds of rows on CPU takes many minutes. A reused result keeps the speeds measured
+    when it was made."""
     unlabeled = [{k: v for k, v in r.items() if k != "label"} for r in gold]
-    with tqdm(total=len(gold), desc=f"{what} on gold", unit="row") as bar:
+    cached = answers_cache(answers_key(folder, unlabeled, batch_size))
+    if cached.exists():
+        try:
+            out: dict[str, Any] = json.loads(cached.read_text())
+        except (OSError, ValueError):  # a damaged entry is made again
+            pass
+        else:
+            _logger().info(
+                f"{what} on gold: answers reused from an earlier run (same model files and rows: {cached})"
+            )
+            return out
+    out = _predict_gold(folder, unlabeled, batch_size, what)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cached, json.dumps(out))
+    return out
+
+
+def _predict_gold(
+    folder: Path, unlabeled: list[dict[str, Any]], batch_size: int, what: str
+) -> dict[str, Any]:
+    student = load_student(folder, batch_size)
+    with tqdm(total=len(unlabeled), desc=f"{what} on gold", unit="row") as bar:
         scores, seconds = student.timed_predict(unlabeled, progress=bar.update)
     out: dict[str, Any] = {
         "pred": [s.label for s in scores],
         "confidence": [s.confidence for s in scores],
-        "rows_per_s": len(gold) / seconds,
+        "rows_per_s": len(unlabeled) / seconds,
         "latency_ms": student.latency_ms(unlabeled),
         "params": count_parameters(student.model),
         "size_mb": folder_size_bytes(folder) / 1e6,

@@ -1,15 +1,22 @@
 """Batch predictions: the registered model behind an alias labels one incoming batch, stored as a new
 version of `predictions` that names the model version and the batch version it came from.
 
-The registered pyfunc model carries its own student prompt, so predicting needs nothing but the
-registry; the alias is resolved to a version once, and that version (not the alias) is loaded, so a
-promotion in the middle of a batch cannot mix two models in one predictions file.
+The registered model carries its own student prompt, so predicting needs nothing but the registry; the
+alias is resolved to a version once, and that version (not the alias) is loaded, so a promotion in the
+middle of a batch cannot mix two models in one predictions file. The version's files are read as data
+(safetensors weights, JSON, tokenizer: `potstill.serving`): nothing from the artifact store is unpickled
+or executed, so moving an alias or writing an artifact cannot run code in the pipeline.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -19,6 +26,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from potstill.data.catalog import Catalog, CatalogError
+from potstill.models import default_cache_dir
+from potstill.serving import find_student_folder, predict_frame, unsafe_files
+from potstill.training.generator import Student, load_student
 
 
 @dataclass(frozen=True)
@@ -48,16 +58,40 @@ def resolve_model(model_name: str, alias: str) -> ServedModel:
         mv = client.get_model_version_by_alias(model_name, alias)
     except mlflow.exceptions.MlflowException as exc:
         raise LookupError(f"no model version of {model_name!r} has alias {alias!r}: {exc.message}") from None
-    schema = _pyfunc(f"models:/{model_name}/{mv.version}", mlflow.get_tracking_uri()).metadata
-    inputs = schema.get_input_schema() if schema is not None else None
+    signature = mlflow.models.get_model_info(f"models:/{model_name}/{mv.version}").signature
+    inputs = signature.inputs if signature is not None else None
     fields = list(inputs.input_names()) if inputs is not None else ["text"]
     return ServedModel(model_name, alias, str(mv.version), mv.run_id or "", fields, dict(mv.tags or {}))
 
 
 @functools.lru_cache(maxsize=4)
-def _pyfunc(uri: str, tracking_uri: str) -> Any:
-    """Loading a version copies its artifacts and weights: once per process per (store, version)."""
-    return mlflow.pyfunc.load_model(uri)
+def _student(uri: str, tracking_uri: str) -> Student:
+    """A version's student, loaded from its files (downloaded once into `<cache>/served/`, keyed by
+    store and version): once per process per (store, version). A version holding a file that loading
+    could unpickle or execute was not written by potstill and is refused."""
+    from mlflow.artifacts import download_artifacts
+
+    key = hashlib.sha256(f"{tracking_uri}|{uri}".encode()).hexdigest()[:16]
+    dest = default_cache_dir() / "served" / key
+    if not dest.exists():  # downloaded beside it, then renamed: a reader never sees half a version
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=dest.parent))
+        try:
+            download_artifacts(artifact_uri=uri, dst_path=str(tmp))
+            os.replace(tmp, dest)
+        except OSError:
+            if not dest.exists():  # not another process that renamed first
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    folder = find_student_folder(dest)
+    unsafe = unsafe_files(folder)
+    if unsafe:
+        raise CatalogError(
+            f"{uri} holds files potstill does not load (they could run code): {unsafe}; "
+            "register students with potstill"
+        )
+    return load_student(folder)
 
 
 def predict_rows(served: ServedModel, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -69,7 +103,7 @@ def predict_rows(served: ServedModel, rows: list[dict[str, Any]]) -> list[dict[s
     if missing:
         raise CatalogError(f"rows lack the field(s) {missing} that {served.uri} reads")
     frame = pd.DataFrame([{f: r[f] for f in served.fields} for r in rows])
-    out = _pyfunc(served.uri, mlflow.get_tracking_uri()).predict(frame)
+    out = predict_frame(_student(served.uri, mlflow.get_tracking_uri()), frame)
     return [{k: _plain(k, v) for k, v in rec.items()} for rec in out.to_dict(orient="records")]
 
 

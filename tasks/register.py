@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from potstill.config import RunConfig
 from potstill.data.tasks import RegistryTarget
-from potstill.kinds import get_kind
+from potstill.files import file_lock
 from potstill.models import default_cache_dir
 from potstill.operations.gate import (
     GateConfig,
@@ -34,46 +33,13 @@ from potstill.operations.gate import (
     decide_promotion,
     rollback_plan,
 )
-from potstill.training.generator import Generator, Student, load_student
+from potstill.serving import input_fields, predict_frame
+from potstill.training.generator import load_student
 from tasks.tracking import log_json, resumed
 
-
-class StudentModel(mlflow.pyfunc.PythonModel):
-    """Serves a registered student: a DataFrame of prompt fields in; a classifier's label + confidence +
-    distribution out, or a generator's response (the text), answer (what the kind reads out of it) and
-    confidence."""
-
-    def load_context(self, context: Any) -> None:
-        self.clf = load_student(Path(context.artifacts["student"]))
-
-    def predict(
-        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
-    ) -> pd.DataFrame:
-        return predict_frame(self.clf, model_input)
-
-
-def predict_frame(clf: Student, frame: pd.DataFrame) -> pd.DataFrame:
-    if isinstance(clf, Generator):
-        answers = clf.generate(frame.to_dict(orient="records"))
-        return pd.DataFrame(
-            [{"response": a.response, "answer": a.answer, "confidence": a.confidence} for a in answers],
-            columns=["response", "answer", "confidence"],
-        )
-    scores = clf.predict(frame.to_dict(orient="records"))
-    return pd.DataFrame(
-        [
-            {"label": s.label, "confidence": s.confidence, **{f"p_{k}": v for k, v in s.distribution.items()}}
-            for s in scores
-        ]
-    )
-
-
-def input_fields(clf: Student) -> list[str]:
-    """The columns a caller sends: the row fields the student prompt renders (a generator's kind derives
-    some of them, e.g. multiple choice's `choices_text` from `choices`)."""
-    if isinstance(clf, Generator):
-        return list(get_kind(clf.kind).fields)
-    return clf.prompt.fields
+# The MLflow model's code file (not imported here: importing it sets MLflow's model-from-code global). It
+# imports only mlflow, pandas and the potstill package, so it loads wherever potstill is installed.
+STUDENT_MODEL_CODE = Path(__file__).with_name("student_model.py")
 
 
 def scores_from_metrics(metrics: dict[str, float], metric: str, prefix: str = "student_") -> ModelScores:
@@ -161,19 +127,13 @@ def registry_slot(name: str = REGISTRY_LOCK, limit: str = REGISTRY_LIMIT) -> Ite
     """Hold the registry: reading the champion, judging and moving the aliases happen as one step, so a
     run that judged against a stale champion can never overwrite a stronger one.
 
-    First an exclusive `flock` on a file in the cache (the kernel frees it when its holder dies), then, when
+    First an exclusive `flock` on a file in the cache (`potstill.files.file_lock`: the kernel frees it when
+    its holder dies; a run still waiting after `POTSTILL_LOCK_TIMEOUT` fails naming the holder), then when
     `PREFECT_API_URL` names a Prefect server, a slot of the global concurrency limit `potstill-registry`
     (limit 1, created if missing), which serializes runs on different machines and shows in the Prefect UI.
     Without a server every run is on this machine and the file lock is enough."""
-    folder = default_cache_dir() / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / name, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            with prefect_limit_slot(limit):
-                yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with file_lock(default_cache_dir() / "locks" / name), prefect_limit_slot(limit):
+        yield
 
 
 @contextmanager
@@ -291,7 +251,7 @@ def register_student(
     with resumed(run_id):
         info = mlflow.pyfunc.log_model(
             name="student",
-            python_model=StudentModel(),
+            python_model=str(STUDENT_MODEL_CODE),  # models-from-code: no pickle in the version
             artifacts={"student": str(folder)},
             signature=signature,
             input_example=example,

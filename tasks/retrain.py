@@ -21,10 +21,10 @@ from potstill.data.catalog import Catalog, CatalogError
 from potstill.kinds import get_kind
 from potstill.operations.retrain import (
     continuation_rows,
-    find_student_folder,
     merge_train_sets,
     train_set_version,
 )
+from potstill.serving import find_student_folder, unsafe_files
 from tasks.evaluate import student_score
 from tasks.tracking import log_json, log_metrics, resumed
 
@@ -76,6 +76,9 @@ def fetch_champion(model_name: str, dest: Path, run_id: str) -> dict[str, Any]:
     uri = f"models:/{model_name}@champion"
     local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest))
     folder = find_student_folder(Path(local))
+    unsafe = unsafe_files(folder)
+    if unsafe:  # a version potstill did not write: its files could run code once loaded
+        raise CatalogError(f"{uri} (version {mv.version}) holds files potstill does not load: {unsafe}")
     lineage = mv.tags.get("lineage.data.train_set")
     init_from = f"{uri} version {mv.version}"
     client.log_param(run_id, "retrain.init_from", init_from)

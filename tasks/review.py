@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from potstill.config import ReviewConfig
 from potstill.data.catalog import Catalog
 from potstill.review import (
+    Outbox,
     ReviewClient,
     ReviewProjectSpec,
     ReviewServerUnavailable,
@@ -78,7 +79,19 @@ def send_for_review(
         dataset_version=version,
     )
     logger.info("review: %s", result.message)
-    log_metrics(run_id, {"review_tasks_created": result.created, "review_outbox_rows": result.queued})
+    if result.rejected:
+        kept = Outbox(catalog.file("review_outbox")).rejected_path
+        logger.warning(
+            "review: %d tasks refused by Label Studio, kept with its answer in %s", result.rejected, kept
+        )
+    log_metrics(
+        run_id,
+        {
+            "review_tasks_created": result.created,
+            "review_outbox_rows": result.queued,
+            "review_tasks_refused": result.rejected,
+        },
+    )
     return asdict(result)
 
 

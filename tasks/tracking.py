@@ -22,7 +22,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from potstill.config import RunConfig
-from potstill.data.versioning import file_lock
+from potstill.files import file_lock
 from potstill.models import REGISTRY_PREFIX, ModelSourceError, default_cache_dir, parse_registered
 
 # What the user exported, read before anything here calls `mlflow.set_tracking_uri`, which writes the

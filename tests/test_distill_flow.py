@@ -101,6 +101,28 @@ def test_distill_flow_end_to_end_then_cached_relabel(
     assert list(out.columns[:2]) == ["label", "confidence"] and len(out) == 3
     assert set(out["label"]) <= {"negative", "positive"}
     assert ((out["p_negative"] + out["p_positive"]) - 1).abs().max() < 1e-6
+
+    # The version holds no pickle (logged from code), and potstill's own predict runs nothing from the
+    # artifact store: code planted there runs under MLflow's generic loader, never under potstill's.
+    import tasks.predict as P
+
+    got = mlflow.artifacts.download_artifacts("models:/polarity-student/1", dst_path=str(project / "dl"))
+    files = [f.name for f in Path(got).rglob("*") if f.is_file()]
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".bin", ".pt", ".pth"))], files
+    flavor = yaml.safe_load((Path(got) / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor.get("model_code_path") and "python_model" not in flavor, flavor
+    marker = project / "artifact-code-ran"
+    planted = list((project / "mlruns" / "artifacts").rglob("student_model.py"))
+    assert planted
+    for code in planted:
+        code.write_text(code.read_text() + f"\nopen({str(marker)!r}, 'w').close()\n")
+    mlflow.pyfunc.load_model("models:/polarity-student/1")
+    assert marker.exists()
+    marker.unlink()
+    served = P.resolve_model("polarity-student", "champion")
+    assert served.fields == ["text"]
+    (pred,) = P.predict_rows(served, [{"text": "a wonderful film"}])
+    assert pred["label"] in ("negative", "positive") and not marker.exists()
     prompt_file = client.download_artifacts(run.info.run_id, "prompts/student_prompt.txt")
     assert Path(prompt_file).read_text() == catalog.prompt("student_prompt").text
 

@@ -194,3 +194,27 @@ def test_esnli_explain_splits_by_premise() -> None:
     assert not {premise(r) for r in prompts} & {premise(r) for r in gold}
     assert all(r["prompt"].endswith("Explain whether the premise supports the hypothesis.") for r in gold)
     assert all(r["explanation"] for r in gold) and all("explanation" not in r for r in prompts)
+
+
+def test_resume_keeps_finished_runs_and_refuses_another_size(tmp_path: Path) -> None:
+    """A CPU-size benchmark spans sittings: a run the results file holds is not run again (no subprocess
+    starts here: every asked run is in the file), its row stays in the table, the file is rewritten, and
+    rows from two sittings say where each came from."""
+    bench = _bench()
+    runs = {k: v for k, v in fake_results().items() if k in ("math-sft-answer", "math-sft-full")}
+    runs["math-sft-answer"] |= {"date": "2026-12-01", "machine": "box A", "command": "cmd one"}
+    runs["math-sft-full"] |= {"date": "2026-12-02", "machine": "box B", "command": "cmd two"}
+    declared = {"gsm8k": {"prompts": 160, "gold": 200}}
+    saved = tmp_path / "results.json"
+    bench.save_resume(saved, "tiny", "chatterbot", runs, declared)
+    out = tmp_path / "BENCHMARKS.md"
+    argv = ["--size", "tiny", "--runs", "math-sft-answer,math-sft-full", "--resume", str(saved)]
+    bench.main([*argv, "--out", str(out), "--project", str(tmp_path / "p")])
+    doc = out.read_text()
+    assert "| math-sft-answer | gsm8k (math) | sft | answer | 10.0% (no answer 40%) |" in doc
+    assert "| math-sft-full | gsm8k (math) | sft | full | 10.0% (no answer 20%) |" in doc
+    assert "gsm8k (GSM8K" in doc and "160 prompts, 200 gold rows" in doc
+    assert "Rows from 2 sittings: 2026-12-01 on box A, `cmd one` (math-sft-answer)" in doc
+    assert json.loads(saved.read_text())["runs"].keys() == runs.keys()
+    with pytest.raises(SystemExit, match="--size tiny --text-task chatterbot, not --size cpu"):
+        bench.load_resume(saved, "cpu", "chatterbot")

@@ -85,6 +85,33 @@ def test_a_generator_saves_loads_and_answers_the_same(tiny_model_dir: Path, toke
     assert student_type(clf) == "classifier" and isinstance(load_student(clf), Classifier)
 
 
+def test_gold_answers_are_reused_only_for_the_same_model_and_rows(
+    tiny_model_dir: Path, tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The untrained student of every run of a task is the same model on the same gold rows: its answers
+    come from the cache the second time, and a changed file or row makes them again."""
+    import tasks.evaluate as E
+
+    monkeypatch.setenv("POTSTILL_CACHE", str(tmp_path / "cache"))
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    folder = Generator(model, tokenizer, STUDENT, "math", "answer", max_new_tokens=6).save(tmp_path / "g")
+    gold = _math_rows(3)
+    first = E.predict_gold.fn(folder, gold, 2, "untrained")
+    assert len(first["responses"]) == 3 and first["tokens_per_answer"] > 0
+
+    def no_load(*_: Any, **__: Any) -> None:
+        raise AssertionError("generated again")
+
+    monkeypatch.setattr(E, "load_student", no_load)
+    assert E.predict_gold.fn(folder, gold, 2, "untrained") == first
+    with pytest.raises(AssertionError, match="generated again"):  # one row more: not the same rows
+        E.predict_gold.fn(folder, _math_rows(4), 2, "untrained")
+    (folder / "notes.txt").write_text("a file more")  # not the same folder
+    with pytest.raises(AssertionError, match="generated again"):
+        E.predict_gold.fn(folder, gold, 2, "untrained")
+    assert E.answers_key(folder, gold, 2) != E.answers_key(folder, gold, 3)
+
+
 def _inputs(
     student: Generator,
     out: Path,

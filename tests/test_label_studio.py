@@ -305,3 +305,69 @@ def test_a_reviewers_corrected_generated_answer_is_what_the_next_student_learns(
         [trained] = merged.rows
         assert trained["label"] == corrected and trained["label_source"] == "human"
         assert completion_text(trained, kind, "full") == learned
+
+
+def _without_text(task: dict[str, Any]) -> dict[str, Any]:
+    """A task Label Studio refuses (400: the config's `$text` is not in its data)."""
+    return {**task, "data": {k: v for k, v in task["data"].items() if k != "text"}}
+
+
+def test_a_refused_task_is_set_aside_and_never_blocks_the_outbox(
+    label_studio: LabelStudioServer, tmp_path: Path, caplog
+) -> None:
+    """Before: one task the server answers 400 to failed every sync and every later push, and a torn line
+    vanished at the next rewrite. Now the batch is split until the refused task is alone; it goes to the
+    dead-letter file with the server's answer, the others arrive, and the torn line is kept."""
+    outbox = tmp_path / "outbox.jsonl"
+    spec = ReviewProjectSpec("refused", "p@v1", labels=LABELS, teacher="smol")
+    client = label_studio.client()
+    queued = [build_task(r, spec) for r in _rows([0.5, 0.2, 0.4, 0.6, 0.1], prefix="q")]
+    queued[2] = _without_text(queued[2])  # row q2
+    box = Outbox(outbox)
+    box.add(spec, queued)
+    with outbox.open("a") as f:
+        f.write('{"project": {"task": "refu')  # a crash mid-append
+    with caplog.at_level(logging.WARNING):
+        result = push_rows(client, spec, _rows([0.3], prefix="n"), dataset_version="v1", outbox=outbox)
+    assert (result.target, result.created, result.rejected, result.queued) == ("label-studio", 5, 1, 0)
+    assert "1 refused by the server" in result.message and str(box.rejected_path) in result.message
+    ids = sorted(t.data["row_id"] for t in client._sdk.tasks.list(project=result.project_id))
+    assert ids == ["n0", "q0", "q1", "q3", "q4"]
+    (dead,) = box.rejected()
+    assert dead["task"]["data"]["row_id"] == "q2" and dead["status"] == 400
+    assert '"text" key is expected' in dead["error"] and dead["project"] == spec.to_dict()
+    assert box.torn_path.read_text() == '{"project": {"task": "refu\n'
+    assert "moved to" in caplog.text and "refused review task for row q2" in caplog.text
+    # Nothing is left to block the next delivery, and the dead letter stays for inspection.
+    assert box.entries() == [] and sync_outbox(client, outbox) == 0 and len(box.rejected()) == 1
+    assert label_studio.token not in outbox.read_text() + box.rejected_path.read_text()
+
+
+def test_killed_between_import_and_outbox_removal_loses_and_duplicates_nothing(
+    label_studio: LabelStudioServer, tmp_path: Path
+) -> None:
+    """A real SIGKILL of the delivering process right after Label Studio accepted the import, before the
+    outbox forgot the rows; the next sync delivers nothing twice and leaves the outbox empty."""
+    import subprocess
+    import sys
+
+    outbox = tmp_path / "outbox.jsonl"
+    spec = ReviewProjectSpec("killed", "p@v1", labels=LABELS, teacher="smol")
+    Outbox(outbox).add(spec, [build_task(r, spec) for r in _rows([0.5, 0.2, 0.4], prefix="k")])
+    script = (
+        "import os, signal, sys\n"
+        "from potstill.review import Outbox, ReviewClient, ReviewSettings, sync_outbox\n"
+        "Outbox.remove = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "client = ReviewClient(ReviewSettings(sys.argv[1], os.environ['LABEL_STUDIO_API_KEY']))\n"
+        "sync_outbox(client, sys.argv[2])\n"
+    )
+    env = {**label_studio.env, "LABEL_STUDIO_API_KEY": label_studio.token}
+    command = [sys.executable, "-c", script, label_studio.url, str(outbox)]
+    killed = subprocess.run(command, env=env, capture_output=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr.decode()
+    client = label_studio.client()
+    pid = client.find_project(spec)
+    assert pid is not None and len(Outbox(outbox)) == 3  # imported, still queued
+    assert sync_outbox(client, outbox) == 0 and Outbox(outbox).entries() == []
+    ids = sorted(t.data["row_id"] for t in client._sdk.tasks.list(project=pid))
+    assert ids == ["k0", "k1", "k2"]

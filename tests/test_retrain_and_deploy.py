@@ -26,7 +26,8 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from potstill.data.catalog import Catalog
-from potstill.operations.retrain import find_student_folder, normalise_text
+from potstill.operations.retrain import normalise_text
+from potstill.serving import find_student_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_SH = ROOT / "infra" / "prefect" / "server.sh"

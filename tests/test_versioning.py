@@ -1,7 +1,9 @@
 """Versioned catalog entries against a real temporary git + DVC repo with a local remote."""
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -155,3 +157,117 @@ def test_stage_outputs_are_versioned_by_content_and_restored_from_the_remote(git
     clear_cache(git_project)
     assert cat.checkout("train_set", "v1").name == "v1" and cat.load("train_set") == V1
     assert cat.current_version("train_set").name == "v1"
+
+
+# ---- crash safety: torn log lines, a kill between record and replace, a remote that is down, locks
+
+
+def test_a_torn_last_line_is_reported_and_skipped_and_the_log_stays_usable(project, caplog):
+    cat = Catalog.from_file(project / "catalog/catalog.yaml").for_task("polarity")
+    cat.save("train_set", V1, run_id="run-1")
+    log_file = cat.versions.path("train_set")
+    with log_file.open("a") as f:  # a crash mid-append: half a record, no newline
+        f.write('{"version": 2, "md5": "0f3')
+    with caplog.at_level("WARNING"):
+        assert [r.name for r in cat.versions.records("train_set")] == ["v1"]
+    assert f"{log_file} line 2 is not a version record" in caplog.text
+    s2 = cat.save("train_set", V2, run_id="run-2")
+    assert s2.version == "v2"
+    lines = log_file.read_text().splitlines()
+    assert len(lines) == 3 and lines[1] == '{"version": 2, "md5": "0f3'  # kept for inspection, own line
+    assert [(r.name, r.run_id) for r in cat.versions.records("train_set")] == [
+        ("v1", "run-1"),
+        ("v2", "run-2"),
+    ]
+    assert cat.load("train_set", "v1") == V1 and cat.load("train_set", "v2") == V2
+
+
+def test_a_run_killed_after_recording_leaves_a_true_record_and_the_next_run_does_not_claim_it(
+    git_project, monkeypatch
+):
+    """The version record is written (and fsynced) after the content is in DVC and before the workspace
+    file is replaced: a kill between the two leaves the old file and a record whose content and run are
+    right, and a later run saving the same rows gets that version, not a new one under its own id."""
+    cat = Catalog.from_file(git_project / "catalog/catalog.yaml", CatalogConfig(commit=True)).for_task(
+        "polarity"
+    )
+    cat.save("incoming", V1, run_id="run-1")
+    path = cat.file("incoming")
+    before = path.read_bytes()
+    real_append = cat.versions._log.append
+
+    def append_then_die(name, **fields):
+        real_append(name, **fields)
+        raise SystemExit("killed")  # BaseException, like the end of the process
+
+    monkeypatch.setattr(cat.versions._log, "append", append_then_die)
+    with pytest.raises(SystemExit):
+        cat.save("incoming", V2, run_id="run-2")
+    monkeypatch.undo()
+    (path.parent / f".{path.name}.orphan.tmp").write_text("a temp file of a killed writer")
+    assert path.read_bytes() == before  # the workspace still holds v1, whole
+    v2 = cat.versions.get("incoming", "v2")
+    assert v2.run_id == "run-2" and cat.current_version("incoming").name == "v1"
+    assert cat.load("incoming", "v2") == V2  # no git tag yet: read by hash from the DVC cache
+
+    again = Catalog.from_file(git_project / "catalog/catalog.yaml", CatalogConfig(commit=True)).for_task(
+        "polarity"
+    )
+    saved = again.save("incoming", V2, run_id="run-3")
+    assert saved.version == "v2" and again.versions.get("incoming", "v2").run_id == "run-2"
+    assert [r.name for r in again.versions.records("incoming")] == ["v1", "v2"]
+    assert again.current_version("incoming").name == "v2"
+    tags = subprocess.run(["git", "tag"], cwd=git_project, capture_output=True, text=True).stdout.split()
+    assert "polarity/incoming@v2" in tags  # the commit the killed run never made is made now
+    assert not list(path.parent.glob(f".{path.name}.*"))  # no temp file left behind
+
+
+def test_a_failed_dvc_push_records_the_version_and_the_next_run_pushes_it(project, monkeypatch, caplog):
+    blocker = project / "not-a-folder"
+    blocker.write_text("a file where the remote's parent folder should be")
+    monkeypatch.setenv("POTSTILL_DVC_REMOTE_URL", str(blocker / "remote"))
+    cat = Catalog.from_file(project / "catalog/catalog.yaml").for_task("polarity")
+    with caplog.at_level("WARNING"):
+        saved = cat.save("train_set", V1, run_id="run-1")
+    assert saved.version == "v1" and cat.load("train_set", "v1") == V1
+    assert f"dvc push of {saved.md5} failed" in caplog.text and "the next run retries" in caplog.text
+    assert (project / ".cache/catalog/unpushed.txt").read_text().split() == [saved.md5]
+
+    blocker.unlink()  # the remote is back
+    caplog.clear()
+    later = Catalog.from_file(project / "catalog/catalog.yaml").for_task("polarity")
+    with caplog.at_level("INFO"):
+        later.save("train_set", V2, run_id="run-2")
+    assert "pushed 1 catalog object(s) that an earlier run could not push" in caplog.text
+    assert (project / ".cache/catalog/unpushed.txt").read_text().split() == []
+    clear_cache(project)
+    assert later.load("train_set", "v1") == V1 and later.load("train_set", "v2") == V2  # both on the remote
+
+
+def test_a_lock_held_too_long_fails_with_the_name_of_its_holder(tmp_path):
+    from potstill.files import LockTimeout, file_lock
+
+    lock = tmp_path / "catalog.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from potstill.files import file_lock\n"
+            f"with file_lock(Path({str(lock)!r})):\n    print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=_ROOT,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with (
+            pytest.raises(LockTimeout, match=rf"held by pid {holder.pid} on .* since "),
+            file_lock(lock, timeout=0.3),
+        ):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with file_lock(lock, timeout=5):  # the kernel freed it with its holder
+        assert lock.read_text().startswith(f"pid {os.getpid()} ")

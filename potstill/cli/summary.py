@@ -94,7 +94,13 @@ def review_line(review: dict[str, Any]) -> str:
         )
     if review["target"] == "outbox":
         return f"review: [yellow]{review['message']}[/]. {human}."
+    refused = (
+        f" [yellow]{review['rejected']} tasks refused by the server, kept with its answer beside the "
+        "review outbox (outbox.jsonl.rejected.jsonl).[/]"
+        if review.get("rejected")
+        else ""
+    )
     return (
-        f"review: {review['created']} new tasks in Label Studio, most uncertain first: {review['location']}. "
-        f"{human}; `potstill review sync` pulls new answers."
+        f"review: {review['created']} new tasks in Label Studio, most uncertain first: {review['location']}."
+        f"{refused} {human}; `potstill review sync` pulls new answers."
     )

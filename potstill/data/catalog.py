@@ -8,12 +8,15 @@ any past version can be loaded back by name: `catalog.load("teacher_labels", ver
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import os
 import tempfile
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 from pydantic import ValidationError
@@ -38,12 +41,18 @@ from potstill.data.versioning import (
     ScopedVersionLog,
     VersionLog,
     VersionRecord,
-    file_lock,
     is_git_repo,
 )
 from potstill.errors import TaskError
+from potstill.files import atomic_write, atomic_write_text, file_lock, fsync_dir
 from potstill.pipeline import is_step_output, stage_outputs
 from potstill.prompts import PromptTemplate
+
+log = logging.getLogger(__name__)
+
+
+def _short_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 class Catalog:
@@ -175,13 +184,8 @@ class Catalog:
         entry, path = self.dataset(name), self._resolve(name)
         if entry.format != "json":
             raise CatalogError(f"{name!r} is not a json entry")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self.locked():
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(obj, f, indent=2, sort_keys=True, default=str)
-            os.replace(tmp, path)
-            record = self._version(name, path, None, run_id) if self.is_versioned(name) else None
+        text = json.dumps(obj, indent=2, sort_keys=True, default=str)
+        record = self._write(name, path, lambda f: f.write(text.encode("utf-8")), None, run_id)
         return Saved(
             name, path, 1, file_digest(path), record.name if record else None, record.md5 if record else None
         )
@@ -206,7 +210,12 @@ class Catalog:
             data = path.read_bytes()
             if md5_bytes(data) == record.md5:
                 return data
-        if record.tag and is_git_repo(self.root) and not self._produced_by_a_stage(name):
+        if (
+            record.tag
+            and is_git_repo(self.root)
+            and not self._produced_by_a_stage(name)
+            and self.store.has_tag(record.tag)  # a run killed between record and commit left no tag
+        ):
             return self.store.read_at_tag(self.dataset(name).path, record.tag)
         return self.store.read_md5(record.md5)
 
@@ -236,20 +245,20 @@ class Catalog:
         entry, path = self.dataset(name), self._resolve(name)
         if entry.format not in ("jsonl", "csv"):
             raise CatalogError(f"{name!r} is a {entry.format} entry: save writes jsonl or csv entries")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self.locked():
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-                if entry.format == "csv":
-                    fields = sorted({k for r in rows for k in r})
-                    writer = csv.DictWriter(f, fieldnames=fields)
-                    writer.writeheader()
-                    writer.writerows(rows)
-                else:
-                    for r in rows:
-                        f.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
-            os.replace(tmp, path)
-            record = self._version(name, path, len(rows), run_id) if self.is_versioned(name) else None
+
+        def write(f: IO[bytes]) -> None:
+            text = io.TextIOWrapper(f, encoding="utf-8", newline="", write_through=True)
+            if entry.format == "csv":
+                fields = sorted({k for r in rows for k in r})
+                writer = csv.DictWriter(text, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(rows)
+            else:
+                for r in rows:
+                    text.write(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n")
+            text.detach()
+
+        record = self._write(name, path, write, len(rows), run_id)
         return Saved(
             name,
             path,
@@ -259,38 +268,127 @@ class Catalog:
             record.md5 if record else None,
         )
 
+    def _write(
+        self,
+        name: str,
+        path: Path,
+        write: Callable[[IO[bytes]], Any],
+        rows: int | None,
+        run_id: str | None,
+    ) -> VersionRecord | None:
+        """Write an entry and record its version, in the order that keeps every record true to its
+        content and run whatever moment a crash picks: (1) the new content goes to a temp file beside the
+        entry, (2) into the DVC cache by hash and to the remote, (3) its version record is appended and
+        fsynced, and only then (4) it replaces the workspace file, whose .dvc pointer and git tag follow.
+        A crash before (3) leaves the old file and no record; after (3) the record names content that
+        is in the DVC cache. Temp files a killed writer left behind are removed first (writes hold the
+        catalog lock, so any that exist are orphans)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self.locked():
+            for orphan in path.parent.glob(f".{path.name}.*.tmp"):
+                orphan.unlink(missing_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            tmp = Path(tmp_name)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                record = self._record(name, tmp, rows, run_id) if self.is_versioned(name) else None
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            fsync_dir(path.parent)
+            if record is not None:
+                self._finish(name, path, record)
+        return record
+
     def _ensure_store(self) -> None:
         if not self._store_ready:
             self.store.ensure()
             self._store_ready = True
+            self.retry_unpushed()
 
-    def _track(self, name: str, path: Path, push: bool) -> str:
-        """Put the file's content in the DVC cache (and remote); returns its md5.
-
-        A path that a dvc.yaml stage produces is tracked by dvc.lock under `dvc repro`, and DVC refuses to
-        `dvc add` it as well, so those are stored by content only."""
+    def _store_content(self, path: Path) -> str:
+        """Put a file's content into the DVC cache by hash and push it; returns its md5. A push that
+        fails (remote down, no credentials) is not the run's failure: the version is recorded all the
+        same, the object waits in `.cache/catalog/unpushed.txt`, and the next catalog write retries it
+        (both say so in the log)."""
         self._ensure_store()
-        if self._produced_by_a_stage(name):
-            return self.store.put(path, push=push)
-        return self.store.add(path, push=push)
+        md5 = self.store.put(path, push=False)
+        if self.settings.push:
+            try:
+                self.store.push_md5(md5)
+            except Exception as exc:  # any remote failure: the bytes are safe in the local cache
+                unpushed = self._unpushed()
+                unpushed.add(md5)
+                self._save_unpushed(unpushed)
+                log.warning(
+                    "dvc push of %s failed (%s): the version is recorded and its content is in the local "
+                    "DVC cache; the next run retries the push (%d object(s) waiting)",
+                    md5,
+                    _short_error(exc),
+                    len(unpushed),
+                )
+        return md5
+
+    def _unpushed_path(self) -> Path:
+        return self.root / ".cache" / "catalog" / "unpushed.txt"
+
+    def _unpushed(self) -> set[str]:
+        path = self._unpushed_path()
+        return set(path.read_text().split()) if path.exists() else set()
+
+    def _save_unpushed(self, md5s: set[str]) -> None:
+        atomic_write_text(self._unpushed_path(), "".join(f"{m}\n" for m in sorted(md5s)))
+
+    def retry_unpushed(self) -> tuple[int, int]:
+        """Push the objects earlier runs could not push; returns (pushed now, still waiting)."""
+        waiting = self._unpushed()
+        if not waiting or not self.settings.push:
+            return 0, len(waiting)
+        pushed = set()
+        for md5 in sorted(waiting):
+            try:
+                self.store.push_md5(md5)
+                pushed.add(md5)
+            except Exception as exc:
+                log.warning(
+                    "dvc push still fails (%s): %d catalog object(s) wait in the local DVC cache only",
+                    _short_error(exc),
+                    len(waiting - pushed),
+                )
+                break
+        self._save_unpushed(waiting - pushed)
+        if pushed:
+            log.info("pushed %d catalog object(s) that an earlier run could not push", len(pushed))
+        return len(pushed), len(waiting - pushed)
 
     def _produced_by_a_stage(self, name: str) -> bool:
         entry = self.dataset(name)
         return is_step_output(entry.task, entry.short_name) or entry.path in stage_outputs(self.root)
 
-    def _version(self, name: str, path: Path, rows: int | None, run_id: str | None) -> VersionRecord:
-        """Record a new version when the content is new; saving known content names the known version."""
+    def _record(self, name: str, content: Path, rows: int | None, run_id: str | None) -> VersionRecord:
+        """The version of `content` (a file not yet in the workspace, or the workspace file itself):
+        stored in DVC by hash, and recorded when new; known content names the known version."""
         name = self.full_name(name)
-        md5 = self._track(name, path, push=self.settings.push)
+        md5 = self._store_content(content)
         known = self.versions.find_md5(name, md5)
         if known is not None:
             return known
-        tag = f"{name}@v{(self.versions.latest(name).version if self.versions.latest(name) else 0) + 1}"
         commit = self.settings.commit and is_git_repo(self.root)
-        record = self.versions.append(
-            name, md5=md5, rows=rows, size=path.stat().st_size, run_id=run_id, tag=tag if commit else None
+        tag = f"{name}@v{self.versions.next_version(name)}"
+        return self.versions.append(
+            name, md5=md5, rows=rows, size=content.stat().st_size, run_id=run_id, tag=tag if commit else None
         )
-        if commit:
+
+    def _finish(self, name: str, path: Path, record: VersionRecord) -> None:
+        """Once the workspace file holds the recorded content: its .dvc pointer (entries no dvc.yaml stage
+        produces) and, in commit mode, the git commit and tag of a new version."""
+        if not self._produced_by_a_stage(name):
+            self.store.add(path, push=False)
+        if record.tag and not self.store.has_tag(record.tag):
             dvc_file = path.with_name(path.name + ".dvc")
             repo_files = [
                 self.root / ".dvc" / "config",
@@ -299,16 +397,19 @@ class Catalog:
             ]
             files = [dvc_file, self.versions.path(name), path.parent / ".gitignore", *repo_files]
             self.store.commit_and_tag(
-                [f for f in files if f.exists()], f"catalog: {name} {record.name} (run {run_id})", tag
+                [f for f in files if f.exists()],
+                f"catalog: {name} {record.name} (run {record.run_id})",
+                record.tag,
             )
-        return record
 
     def version_workspace(self, name: str, run_id: str | None = None) -> VersionRecord:
         """Version the workspace file as it is (e.g. edited or replaced by hand)."""
         name = self.full_name(name)
         path = self._resolve(name)
         with self.locked():
-            return self._version(name, path, count_rows(path, self.dataset(name).format), run_id)
+            record = self._record(name, path, count_rows(path, self.dataset(name).format), run_id)
+            self._finish(name, path, record)
+            return record
 
     def current_version(self, name: str) -> VersionRecord | None:
         """The logged version whose content is in the workspace now (None when unversioned or changed)."""
@@ -324,11 +425,11 @@ class Catalog:
         record = self.versions.get(name, version)
         data = self.read_bytes(name, version)
         path = self._resolve(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
         with self.locked():
-            path.write_bytes(data)
-            if self.is_versioned(name):
-                self._track(name, path, push=False)
+            atomic_write(path, lambda f: f.write(data))  # a killed checkout leaves the old file whole
+            if self.is_versioned(name) and not self._produced_by_a_stage(name):
+                self._ensure_store()
+                self.store.add(path, push=False)
         return record
 
     def digest(self, name: str) -> str:

@@ -11,15 +11,13 @@ text, so a run can name, and a user can get back, the exact prompt version it us
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,8 +25,10 @@ from typing import Any, TypeVar
 import yaml
 
 from potstill.errors import UserError
+from potstill.files import append_line
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # The DVC remote from the environment (infra/services writes these to infra/.env): it wins over
 # `catalog.remote` and over a remote already in .dvc/config, because a user who exports it means it.
@@ -84,10 +84,25 @@ class VersionLog:
         return self.folder / f"{name}.jsonl"
 
     def records(self, name: str) -> list[VersionRecord]:
+        """Every readable record; a line torn by a crash mid-append (or edited into nonsense) is reported
+        with its line number and skipped, so one bad line never makes the whole entry unreadable."""
         path = self.path(name)
         if not path.exists():
             return []
-        return [VersionRecord(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+        records = []
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(VersionRecord(**json.loads(line)))
+            except (ValueError, TypeError) as exc:
+                log.warning(
+                    "%s line %d is not a version record (torn by a crash?) and is skipped: %s",
+                    path,
+                    n,
+                    f"{type(exc).__name__}: {exc}"[:200],
+                )
+        return records
 
     def latest(self, name: str) -> VersionRecord | None:
         records = self.records(name)
@@ -105,16 +120,17 @@ class VersionLog:
         return next((r for r in self.records(name) if r.md5 == md5), None)
 
     def append(self, name: str, **fields: Any) -> VersionRecord:
-        latest = self.latest(name)
         record = VersionRecord(
-            version=(latest.version + 1) if latest else 1,
+            version=self.next_version(name),
             created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             **fields,
         )
-        self.path(name).parent.mkdir(parents=True, exist_ok=True)
-        with self.path(name).open("a") as f:
-            f.write(json.dumps({k: v for k, v in asdict(record).items() if v is not None}) + "\n")
+        # fsynced before the caller goes on: a version that a run reported exists after a power cut too.
+        append_line(self.path(name), json.dumps({k: v for k, v in asdict(record).items() if v is not None}))
         return record
+
+    def next_version(self, name: str) -> int:
+        return max((r.version for r in self.records(name)), default=0) + 1
 
 
 def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -168,19 +184,6 @@ def retry_on_dvc_lock(
             logging.getLogger(__name__).info("DVC lock held by another process; retrying in %.1fs", delay)
             time.sleep(delay)
             delay = min(delay * 2, max_delay)
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive inter-process lock (flock) on `path`, held for the `with` block; the kernel releases
-    it when the process dies, so a killed run never leaves a stale lock behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def remote_from_env() -> tuple[str | None, str | None]:
@@ -267,6 +270,13 @@ class DvcStore:
             self._transfer(md5, "push")
         return md5
 
+    def push_md5(self, md5: str) -> None:
+        """Push one cached object to the default remote (nothing without a remote); raises on failure."""
+        self._transfer(md5, "push")
+
+    def has_tag(self, tag: str) -> bool:
+        return _git(self.root, "rev-parse", "-q", "--verify", f"refs/tags/{tag}", check=False).returncode == 0
+
     def _transfer(self, md5: str, direction: str) -> None:
         """Move one object by hash between the local cache and the default remote (DVC's own transfer),
         with no .dvc file: the object may belong to a stage output or to no file at all."""
@@ -349,3 +359,6 @@ class ScopedVersionLog:
 
     def append(self, name: str, **fields: Any) -> VersionRecord:
         return self._log.append(self._key(name), **fields)
+
+    def next_version(self, name: str) -> int:
+        return self._log.next_version(self._key(name))

@@ -12,10 +12,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-from potstill.training.classifier import META_FILE
 
 _SPACE = re.compile(r"\s+")
 
@@ -92,15 +89,6 @@ def continuation_rows(
     n = len(new) if replay_rows is None else replay_rows
     replay = random.Random(seed).sample(old, min(n, len(old)))
     return replay + new
-
-
-def find_student_folder(root: Path) -> Path:
-    """The student folder (classifier or generator) inside a downloaded registered model (the pyfunc's
-    `student` artifact)."""
-    found = sorted(p.parent for p in Path(root).rglob(META_FILE))
-    if not found:
-        raise FileNotFoundError(f"no student folder ({META_FILE}) inside the downloaded model at {root}")
-    return found[0]
 
 
 def train_set_version(tag: str | None) -> str | None:

@@ -28,7 +28,18 @@ PAGE_SIZE = 500
 
 
 class ReviewServerError(RuntimeError):
-    """Label Studio refused a request (bad token, bad config, ...); the message never holds the token."""
+    """Label Studio refused a request (bad token, bad config, ...); the message never holds the token.
+    `status` is the HTTP status when the server answered (None when it could not be reached)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def is_rejection(self) -> bool:
+        """The server refused this request's content (4xx but not the token, or 500): sending the same
+        tasks again fails again, so an outbox sets them aside rather than retrying them forever."""
+        return self.status is not None and self.status not in (401, 403, *UNAVAILABLE_STATUS)
 
 
 class ReviewServerUnavailable(ReviewServerError):
@@ -77,6 +88,7 @@ class ReviewClient:
         from label_studio_sdk import LabelStudio
 
         self.url = settings.url.rstrip("/")
+        self.__key = settings.api_key
         self._deferred_teacher: dict[int, str] = {}  # project -> teacher to follow after the next import
         self._sdk = self._call(
             "connecting",
@@ -109,15 +121,21 @@ class ReviewClient:
             if code in (401, 403):
                 raise ReviewServerError(
                     f"Label Studio at {self.url} rejected the API token ({code}); "
-                    "set LABEL_STUDIO_API_KEY to a valid token for this server"
+                    "set LABEL_STUDIO_API_KEY to a valid token for this server",
+                    status=code,
                 ) from None
             if code in UNAVAILABLE_STATUS:
                 raise ReviewServerUnavailable(
-                    f"Label Studio at {self.url} is unavailable ({code}) while {what}"
+                    f"Label Studio at {self.url} is unavailable ({code}) while {what}", status=code
                 ) from None
             raise ReviewServerError(
-                f"Label Studio at {self.url} answered {code} while {what}: {str(e.body)[:500]}"
+                f"Label Studio at {self.url} answered {code} while {what}: {self._redact(str(e.body))[:500]}",
+                status=code,
             ) from None
+
+    def _redact(self, text: str) -> str:
+        """A server may quote the request back (headers, a token in the data): never the key."""
+        return text.replace(self.__key, "***") if self.__key else text
 
     def whoami(self) -> dict[str, Any]:
         """The token's user; a cheap check that URL and token work."""

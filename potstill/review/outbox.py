@@ -5,6 +5,11 @@
   next push or `sync_outbox`; delivered rows leave the outbox. Nothing is lost (a line leaves only after
   its import succeeded) and nothing is duplicated (the import skips row ids already in the project,
   also after a crash between import and outbox rewrite).
+- A task the server refuses (it answers 4xx or 500 to its content) would fail again on every retry and
+  hold up every task behind it: the batch is split until the refused tasks are alone, and those go to a
+  dead-letter file beside the outbox (`<outbox>.rejected.jsonl`, with the server's answer, its status
+  and the time) while the rest is delivered. A line of the outbox that is not JSON (torn by a crash
+  mid-write) is moved to `<outbox>.torn.txt` as it was, never dropped.
 - Not configured (no LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY): `route_to_review` writes a Label Studio
   import file instead and says so.
 """
@@ -12,17 +17,16 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import datetime as dt
 import json
 import logging
-import os
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from potstill.review.client import ReviewClient, ReviewServerUnavailable
+from potstill.files import append_line, atomic_write_text, file_lock
+from potstill.review.client import ReviewClient, ReviewServerError, ReviewServerUnavailable
 from potstill.review.labeling import ReviewProjectSpec, build_tasks, write_import_file
 
 log = logging.getLogger(__name__)
@@ -38,49 +42,57 @@ class PushResult:
     location: str  # the project's URL, or the file written
     message: str  # one line for the run log
     project_id: int | None = None
+    rejected: int = 0  # tasks the server refused, set aside in the outbox's dead-letter file
 
 
 class Outbox:
     """A JSONL file of `{"project": <spec>, "task": <task>}` lines, one per row waiting for the server.
 
-    Every change holds an exclusive lock on `<path>.lock`, so two flows sharing an outbox do not
-    interleave writes; rewrites go through a temporary file and `os.replace`.
+    Every change holds an exclusive lock on `<path>.lock` (with the timeout and holder message of
+    `potstill.files.file_lock`), so two flows sharing an outbox do not interleave writes; rewrites are
+    atomic. Beside it: `<path>.rejected.jsonl` (tasks the server refused, with its answer) and
+    `<path>.torn.txt` (lines that were not JSON, kept as they were).
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.rejected_path = self.path.with_name(self.path.name + ".rejected.jsonl")
+        self.torn_path = self.path.with_name(self.path.name + ".torn.txt")
+        self._torn: list[tuple[int, str]] = []
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with file_lock(self.path.with_name(self.path.name + ".lock")):
+            yield
 
     def _read(self) -> list[dict[str, Any]]:
+        self._torn = []
         if not self.path.exists():
             return []
         entries = []
-        with open(self.path, encoding="utf-8") as f:
+        with open(self.path, encoding="utf-8", errors="surrogateescape") as f:
             for n, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
                     entries.append(json.loads(line))
-                except json.JSONDecodeError:  # a line torn by a crash mid-append: report, keep going
-                    log.warning("outbox %s: line %d is not JSON and is skipped", self.path, n)
+                except json.JSONDecodeError:  # a line torn by a crash mid-append: kept aside at rewrite
+                    self._torn.append((n, line.rstrip("\n")))
         return entries
 
     def _write(self, entries: list[dict[str, Any]]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        """Rewrite the outbox; lines `_read` could not parse go to the torn file first (a crash between
+        the two leaves them in both, never in neither)."""
+        for n, line in self._torn:
+            append_line(self.torn_path, line.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+            log.warning(
+                "outbox %s: line %d is not JSON (torn by a crash?); moved to %s as it was",
+                self.path,
+                n,
+                self.torn_path,
+            )
+        self._torn = []
+        atomic_write_text(self.path, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
 
     def entries(self) -> list[dict[str, Any]]:
         with self._locked():
@@ -108,8 +120,38 @@ class Outbox:
             kept = [
                 e for e in entries if not (_key(e) == spec.key and str(e["task"]["data"]["row_id"]) in gone)
             ]
-            if len(kept) != len(entries):
+            if len(kept) != len(entries) or self._torn:
                 self._write(kept)
+
+    def reject(self, spec: ReviewProjectSpec, task: Mapping[str, Any], error: ReviewServerError) -> None:
+        """Set a refused task aside with the server's answer, then take it out of the outbox (in that
+        order: a crash between the two leaves it in both, and the next delivery refuses it again)."""
+        record = {
+            "project": spec.to_dict(),
+            "task": dict(task),
+            "status": error.status,
+            "error": str(error),
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        with self._locked():
+            append_line(self.rejected_path, json.dumps(record, ensure_ascii=False))
+        log.warning(
+            "Label Studio refused review task for row %s (%s): set aside in %s",
+            task["data"]["row_id"],
+            error,
+            self.rejected_path,
+        )
+        self.remove(spec, [str(task["data"]["row_id"])])
+
+    def rejected(self) -> list[dict[str, Any]]:
+        """The refused tasks with the server's answers (skipping a line a crash tore)."""
+        if not self.rejected_path.exists():
+            return []
+        out = []
+        for line in self.rejected_path.read_text(encoding="utf-8", errors="replace").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                out.append(json.loads(line))
+        return out
 
 
 def _key(entry: Mapping[str, Any]) -> str:
@@ -130,9 +172,42 @@ def sync_outbox(client: ReviewClient, outbox: str | Path | Outbox) -> int:
     created = 0
     for spec, tasks in groups.values():
         pid = client.ensure_project(spec)
-        created += client.import_tasks(pid, tasks).created
-        box.remove(spec, (str(t["data"]["row_id"]) for t in tasks))
+        created += deliver(client, pid, spec, tasks, box).created
     return created
+
+
+@dataclass(frozen=True)
+class Delivery:
+    created: int
+    skipped: int
+    rejected: int
+
+
+def deliver(
+    client: ReviewClient,
+    project_id: int,
+    spec: ReviewProjectSpec,
+    tasks: Sequence[Mapping[str, Any]],
+    box: Outbox,
+) -> Delivery:
+    """Import `tasks` and take them out of the outbox (where they are not, removing is a no-op). When the
+    server refuses the batch, each half is tried on its own, down to single tasks: a refused task goes
+    to the dead-letter file and the others still arrive (the import skips rows already in the project,
+    so a half that made it before is not duplicated)."""
+    try:
+        result = client.import_tasks(project_id, tasks)
+    except ReviewServerError as e:
+        if not e.is_rejection:
+            raise
+        if len(tasks) == 1:
+            box.reject(spec, tasks[0], e)
+            return Delivery(0, 0, 1)
+        half = len(tasks) // 2
+        a = deliver(client, project_id, spec, tasks[:half], box)
+        b = deliver(client, project_id, spec, tasks[half:], box)
+        return Delivery(a.created + b.created, a.skipped + b.skipped, a.rejected + b.rejected)
+    box.remove(spec, (str(t["data"]["row_id"]) for t in tasks))
+    return Delivery(result.created, result.skipped, 0)
 
 
 def push_rows(
@@ -152,11 +227,16 @@ def push_rows(
     tasks = build_tasks(rows, spec, dataset_version)
     box = Outbox(outbox) if outbox is not None else None
     delivered = 0
+    rejected_before = len(box.rejected()) if box is not None else 0
     try:
         if box is not None:
             delivered = sync_outbox(client, box)
         pid = client.ensure_project(spec)
-        result = client.import_tasks(pid, tasks)
+        if box is None:
+            imported = client.import_tasks(pid, tasks)
+            result = Delivery(imported.created, imported.skipped, 0)
+        else:
+            result = deliver(client, pid, spec, tasks, box)
     except ReviewServerUnavailable as e:
         if box is None:
             raise
@@ -173,6 +253,7 @@ def push_rows(
             "and go out on the next push or review sync",
         )
     queued = len(box) if box is not None else 0
+    rejected = len(box.rejected()) - rejected_before if box is not None else 0
     return PushResult(
         target="label-studio",
         created=result.created + delivered,
@@ -181,8 +262,14 @@ def push_rows(
         delivered_from_outbox=delivered,
         location=client.project_url(pid),
         project_id=pid,
+        rejected=rejected,
         message=f"{result.created} review tasks created, {result.skipped} already there"
         + (f", {delivered} delivered from the outbox" if delivered else "")
+        + (
+            f", {rejected} refused by the server (set aside with its answer in {box.rejected_path})"
+            if rejected and box is not None
+            else ""
+        )
         + f": {client.project_url(pid)}",
     )
 
