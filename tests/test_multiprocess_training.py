@@ -4,7 +4,9 @@ Two ranks on CPU (DDP over gloo) at the same global batch must reproduce the los
 weights of the in-process single-process run to 1e-4, with the real tiny Llama and the real trainer.
 
 Why a private network namespace: torchrun's rendezvous store (c10d TCPStore) listens on all addresses
-whatever `--master_addr` says, so a test run would open a port on every interface of a shared machine.
+whatever `--master_addr` says, unless potstill's agent (potstill/training/agent.py) binds it to loopback;
+the namespace keeps these tests safe whatever that code does, and one test checks the real, unwrapped path
+listens on 127.0.0.1 only.
 `unshare -n` gives the ranks a network namespace of their own with only `lo` (brought up with an
 ioctl from Python, because `ip` comes from iproute2, which a minimal Debian lacks; `unshare` is in
 util-linux, which Debian marks Essential). Without permission for namespaces the test runs unwrapped
@@ -14,12 +16,17 @@ otherwise skips, saying why.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +249,120 @@ def test_single_process_config_is_refused(netns: list[str], tmp_path: Path) -> N
             wrap=netns,
             echo=lambda line: None,
         )
+
+
+KILLED_PARENT = """
+import json, sys
+from pathlib import Path
+from potstill.training.launch import launch_training
+from tests.test_multiprocess_training import make_rows, run_config
+
+base, work, wrap = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
+cfg = run_config(num_processes=2, max_steps=100000)
+launch_training(base, make_rows(), cfg, work / "student", work / "work", wrap=wrap, echo=lambda line: None,
+                on_log=lambda step, logs: print("step", step, flush=True))
+"""
+
+
+def processes_naming(text: str) -> list[str]:
+    """Live processes whose command line names `text` (here: the work folder of one training)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(f"{pid}: {cmdline[:200]}")
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_killing_the_parent_kills_the_launcher_and_every_rank(
+    base_student: Path, netns: list[str], tmp_path: Path
+) -> None:
+    """SIGKILL of the process that called launch_training (what `potstill run` is) while both ranks
+    train: before, the accelerate agent and its ranks trained on and wrote the student folder later."""
+    work = tmp_path / "killed-run"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", KILLED_PARENT, str(base_student), str(work), json.dumps(netns)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert parent.stdout is not None
+    try:
+        for line in parent.stdout:  # training has started on both ranks once rank 0 logs a step
+            if line.startswith("step"):
+                break
+        else:
+            pytest.fail(f"training never logged a step (rc {parent.wait()})")
+        ranks = [p for p in processes_naming(str(work)) if "train-worker" in p]
+        assert len(ranks) >= 2, processes_naming(str(work))
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 30
+        while processes_naming(str(work)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert processes_naming(str(work)) == []
+        assert not (work / "student").exists()
+    finally:
+        parent.kill()
+        for left in processes_naming(str(work)):  # a failed check leaves no orphan to the next test
+            with contextlib.suppress(OSError):
+                os.kill(int(left.split(":")[0]), signal.SIGKILL)
+
+
+def listening(pids: set[str]) -> list[tuple[str, str, int]]:
+    """(pid, address, port) of every TCP socket in LISTEN state that one of `pids` holds, read from
+    /proc/net/tcp and tcp6 (what `ss -ltnp` reads; iproute2 is not on every machine)."""
+    owner = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:["):
+                        owner[link[8:-1]] = pid
+    found = []
+    for family, af in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/net/{family}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in owner:  # 0A: LISTEN
+                continue
+            hex_addr, hex_port = fields[1].split(":")
+            raw = bytes.fromhex(hex_addr)
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))  # per-word host order
+            found.append((owner[fields[9]], socket.inet_ntop(af, raw), int(hex_port, 16)))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
+def test_a_two_rank_training_listens_on_loopback_only(base_student: Path, tmp_path: Path) -> None:
+    """The real path, outside any network namespace: torchrun's store (in the agent) and gloo (in the
+    ranks) listen, and only on 127.0.0.1. Before, the store bound `::` (every interface)."""
+    work = tmp_path / "listeners"
+    seen: set[tuple[str, str, int]] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            pids = {p.split(":")[0] for p in processes_naming(str(work))}
+            seen.update(listening(pids))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        launch_training(
+            base_student, make_rows(), run_config(num_processes=2, max_steps=40), work / "student",
+            work / "work", echo=lambda line: None,
+        )  # fmt: skip
+    finally:
+        done.set()
+        watcher.join()
+    assert seen, "no listener seen: the check would pass vacuously"
+    assert {addr for _, addr, _ in seen} == {"127.0.0.1"}, sorted(seen)

@@ -205,6 +205,26 @@ def test_a_key_where_the_error_body_is_cut_does_not_leak_its_start(stub, monkeyp
     assert "sk-secret" not in str(err.value) and "***" in str(err.value)
 
 
+def test_the_key_goes_only_to_the_hosts_the_environment_binds_it_to(stub, monkeypatch):
+    """`teacher.openai.base_url` is config (a deployment parameter can set it); the key is bound to hosts in
+    the environment, loopback by default: a base URL elsewhere fails before any request, naming the host."""
+    key = "sk-secret-bound-123"
+    monkeypatch.setenv("POTSTILL_TEACHER_API_KEY", key)
+    monkeypatch.delenv("POTSTILL_TEACHER_API_HOSTS", raising=False)
+    with pytest.raises(TeacherHTTPError, match=r"is on collector\.example: the key is not sent") as err:
+        OpenAIBackend("http://collector.example:8000/v1", "m")
+    assert key not in str(err.value) and "POTSTILL_TEACHER_API_HOSTS" in str(err.value)
+    _Stub.script = [(200, COMPLETION)]
+    OpenAIBackend(stub, "m", max_retries=0).generate(["x"], SamplingSpec(max_new_tokens=1))
+    assert _Stub.seen[-1]["auth"] == f"Bearer {key}"  # loopback: sent
+    monkeypatch.setenv("POTSTILL_TEACHER_API_HOSTS", "teacher.internal, vllm-openai")
+    OpenAIBackend("http://vllm-openai:8000/v1", "m").close()  # listed: accepted (no request made here)
+    with pytest.raises(TeacherHTTPError, match=r"bound to teacher\.internal, vllm-openai"):
+        OpenAIBackend(stub, "m")  # a list replaces the loopback default
+    monkeypatch.delenv("POTSTILL_TEACHER_API_KEY")
+    OpenAIBackend("http://collector.example:8000/v1", "m").close()  # no key, nothing to leak
+
+
 def test_openai_timeout_is_retried(stub):
     _Stub.script = [(0, COMPLETION), (200, COMPLETION)]
     b = OpenAIBackend(stub, "m", max_retries=1, backoff_s=0.01, timeout_s=0.3)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from potstill.config import RunConfig, StudentConfig, to_yaml
+from potstill.processes import die_with_parent, with_parent
 from potstill.prompts import PromptTemplate
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ def launch_command(spec: Path, student: StudentConfig, log_dir: Path) -> list[st
     `--tee 3 --log_dir` keeps each rank's stdout/stderr in its own file, for error reports.
     """
     n = student.num_processes
-    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    cmd = [sys.executable, "-m", "potstill.training.agent"]  # accelerate launch, its store on loopback
     if student.accelerate_config:
         cmd += ["--config_file", str(Path(student.accelerate_config).resolve())]
     else:
@@ -191,10 +192,12 @@ def launch_training(
         raise ValueError("no training rows: every teacher label was routed to review")
     spec = write_spec(work_dir, base, rows, cfg, output, seed, teacher_prompt, signals_dir)
     log_dir = work_dir / "rank-logs"
-    cmd = [*wrap, *launch_command(spec, cfg.student, log_dir)]
+    # The launcher dies with this process and each rank with the launcher (potstill.processes): a killed
+    # run leaves no rank behind to overwrite a student folder later.
+    cmd = with_parent([*wrap, *launch_command(spec, cfg.student, log_dir)])
     echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
     console: deque[str] = deque(maxlen=TAIL_LINES)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GLOO_SOCKET_IFNAME": "lo"}  # one machine: loopback only
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
     ) as proc:
@@ -327,6 +330,7 @@ def run_worker(spec_path: Path) -> int:
     """One rank (`potstill train-worker spec.json`): train, then rank 0 saves the model and the result."""
     from potstill.config import load_config
 
+    die_with_parent()  # the launcher's agent gone (killed with `potstill run`): this rank goes too
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     spec = WorkerSpec(**json.loads(Path(spec_path).read_text()))

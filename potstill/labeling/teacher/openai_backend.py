@@ -6,7 +6,10 @@ Why it looks the way it does:
 - Retries with exponential backoff and jitter on 429, 5xx, timeouts and dropped connections, honouring
   `Retry-After`; other 4xx are the caller's mistake and fail at once.
 - The API key comes from the environment only (`POTSTILL_TEACHER_API_KEY`, else `OPENAI_API_KEY`) and is
-  kept out of reprs, logs and exception messages (server error bodies are redacted before quoting).
+  kept out of reprs, logs and exception messages (server error bodies are redacted before quoting). It is
+  bound to hosts, also set in the environment (`POTSTILL_TEACHER_API_HOSTS`, comma-separated; loopback
+  when unset): `teacher.openai.base_url` is config, which a deployment parameter can change, so a base URL
+  on any other host is refused before a request carries the key there.
 - `score` uses the legacy completions endpoint with `echo=True, logprobs=1, max_tokens=1`: the server
   returns the log-probability of every prompt token, and the option's tokens are the ones whose text
   offset falls after the prompt. The seam is the server's tokenization of prompt + option together, so a
@@ -37,6 +40,8 @@ import httpx
 from potstill.labeling.teacher.base import Generation, SamplingSpec, TokenLogprobs
 
 API_KEY_ENV = ("POTSTILL_TEACHER_API_KEY", "OPENAI_API_KEY")
+KEY_HOSTS_ENV = "POTSTILL_TEACHER_API_HOSTS"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
@@ -55,6 +60,23 @@ def api_key_from_env(names: Sequence[str] = API_KEY_ENV) -> str | None:
         if value:
             return value
     return None
+
+
+def key_hosts() -> tuple[str, ...]:
+    """The hosts the API key may be sent to: `POTSTILL_TEACHER_API_HOSTS`, else loopback only."""
+    listed = tuple(h.strip().lower() for h in os.environ.get(KEY_HOSTS_ENV, "").split(",") if h.strip())
+    return listed or LOOPBACK_HOSTS
+
+
+def check_key_host(base_url: str, hosts: Sequence[str]) -> None:
+    """Refuse a base URL whose host the key is not bound to (the message names the host, not the key)."""
+    host = (httpx.URL(base_url).host or "").lower()
+    if host not in hosts:
+        raise TeacherHTTPError(
+            f"the teacher API key ({' / '.join(API_KEY_ENV)}) is bound to {', '.join(hosts)}, and "
+            f"teacher.openai.base_url {base_url} is on {host or 'no host'}: the key is not sent there. If "
+            f"that server is yours, add {host} to {KEY_HOSTS_ENV} (comma-separated) in the environment"
+        )
 
 
 class OpenAIBackend:
@@ -85,6 +107,8 @@ class OpenAIBackend:
         self.chat = chat
         self.score_mode = score_mode
         self.__key = api_key_from_env(api_key_env)  # name-mangled, never printed
+        if self.__key:
+            check_key_host(self.base_url, key_hosts())
         headers = {"Authorization": f"Bearer {self.__key}"} if self.__key else {}
         limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
         self._client = httpx.Client(headers=headers, timeout=timeout_s, limits=limits)
