@@ -11,6 +11,8 @@ other's weights.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +29,8 @@ from potstill.data.tasks import RegistryTarget, TaskSpec, registry_target
 from potstill.data.validation import ValidationLimits, from_read_result
 from potstill.data.versioning import VersionRecord, git_commit_of
 from potstill.env import find_project_root
-from potstill.errors import TaskError
+from potstill.errors import TaskError, UserError
+from potstill.operations.deployment import SERVED_CONFIG_ENV, check_deployment_run
 from potstill.pipeline import STEP_NAMES
 from potstill.prompts import PromptTemplate
 from potstill.training.generator import saved_prompt
@@ -57,11 +60,30 @@ class Setup:
 
 
 def resolve(params: dict[str, Any] | None, project: str | None) -> Setup:
+    check_served(params, project)
     cfg = validate(params or {})
     root = Path(project).resolve() if project else find_project_root()
     catalog = Catalog.from_file(root / "catalog" / "catalog.yaml", cfg.catalog).for_task(cfg.task)
     spec = catalog.task()
     return Setup(cfg, root, catalog, spec, registry_target(spec, cfg.registry))
+
+
+def check_served(params: dict[str, Any] | None, project: str | None) -> None:
+    """In a flow run of a deployment that `potstill deploy` serves (it names what it served in
+    `POTSTILL_SERVED_CONFIG`, which its flow-run processes inherit), refuse parameters it did not serve."""
+    served_file = os.environ.get(SERVED_CONFIG_ENV)
+    if not served_file:
+        return
+    name = runtime.deployment.name
+    if not name:
+        return  # not a deployment run (a flow called in the serving process itself)
+    served = json.loads(Path(served_file).read_text()).get(name)
+    if served is None:
+        raise UserError(f"deployment {name!r} is not one that this `potstill deploy` serves")
+    given = str(Path(project).resolve()) if project else None
+    check = check_deployment_run(str(Path(served["project"]).resolve()), served["params"], given, params)
+    if not check.allowed:
+        raise UserError(f"deployment {name!r} refuses this run: " + "; ".join(check.reasons))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ temporary PREFECT_HOME; it is separate from the `prefect_api` test harness of th
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -127,6 +128,13 @@ def test_deploy_serves_scheduled_runs_and_stops_on_sigterm(on_server: str, tmp_p
             assert crons == ["0 2 * * *"]
             assert deployments["distill/polarity-distill-nightly"].parameters["project"] == str(project)
             assert deployments["distill/polarity-distill-nightly"].parameters["params"]["task"] == "polarity"
+            # What the served runs are checked against (flows.pipeline.check_served): the serving process's
+            # own record of each deployment's project and config, the same as the server holds now.
+            served = json.loads((project / ".cache" / "deploy" / f"served-{proc.pid}.json").read_text())
+            assert served == {
+                d.name: {"project": d.parameters["project"], "params": d.parameters["params"]}
+                for d in deployments.values()
+            }
             finals: dict[str, str] = {}
             while time.monotonic() < deadline and len(finals) < 2:
                 for key in (
@@ -146,6 +154,7 @@ def test_deploy_serves_scheduled_runs_and_stops_on_sigterm(on_server: str, tmp_p
             }, (tmp_path / "deploy.log").read_text()[-3000:]
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0
+            assert not list((project / ".cache" / "deploy").glob("served-*.json"))  # removed on exit
             for d in deployments.values():
                 for run in _flow_runs(client, d.id):
                     assert run.state.type.value not in ("RUNNING", "PENDING"), (d.name, run.state)

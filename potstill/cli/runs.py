@@ -13,6 +13,8 @@ from potstill.config import RunConfig
 from potstill.data.catalog import Catalog
 from potstill.data.task_files import missing_task_data
 from potstill.errors import UserError
+from potstill.files import atomic_write_text
+from potstill.operations.deployment import SERVED_CONFIG_ENV
 
 
 def task_catalog(cfg: RunConfig, root: Path) -> Catalog:
@@ -140,5 +142,15 @@ def deploy(args: argparse.Namespace, cfg: RunConfig, root: Path) -> int:
             deployments += build_deployments(root, params, args.only, every)
         except ValueError as exc:
             raise UserError(str(exc)) from exc
-    serve_deployments(deployments, limit=args.limit)
+    served = {
+        d.name: {"project": d.parameters["project"], "params": d.parameters["params"]} for d in deployments
+    }
+    served_file = root / ".cache" / "deploy" / f"served-{os.getpid()}.json"
+    served_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(served_file, json.dumps(served))
+    os.environ[SERVED_CONFIG_ENV] = str(served_file)  # the flow runs' processes check against it
+    try:
+        serve_deployments(deployments, limit=args.limit)
+    finally:
+        served_file.unlink(missing_ok=True)
     return 0
