@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.exceptions import MissingContextError
 from tqdm.auto import tqdm
 
 from potstill import metrics as M
@@ -21,7 +19,7 @@ from potstill.kinds import ScoreFn, get_kind, prompt_row
 from potstill.models import count_parameters, default_cache_dir, folder_size_bytes
 from potstill.prompts import PromptTemplate, label_completion
 from potstill.training.generator import Generator, load_student
-from tasks.tracking import log_file, log_json, log_metrics
+from tasks.tracking import log_file, log_json, log_metrics, run_logger
 
 # What it costs to answer, logged per model (teacher_, student_base_, student_): rows/s, latency per row,
 # parameters, size on disk, and for generative models tokens per answer and generated tokens/s.
@@ -55,13 +53,6 @@ def answers_key(folder: Path, rows: list[dict[str, Any]], batch_size: int) -> st
     return h.hexdigest()
 
 
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except MissingContextError:  # called outside a flow or task
-        return logging.getLogger("potstill")
-
-
 def answers_cache(key: str) -> Path:
     return default_cache_dir() / "answers" / key[:2] / f"{key}.json"
 
@@ -83,7 +74,7 @@ def predict_gold(folder: Path, gold: list[dict[str, Any]], batch_size: int, what
         except (OSError, ValueError):  # a damaged entry is made again
             pass
         else:
-            _logger().info(
+            run_logger().info(
                 f"{what} on gold: answers reused from an earlier run (same model files and rows: {cached})"
             )
             return out

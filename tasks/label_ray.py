@@ -16,7 +16,6 @@ show nothing, so the run stops with a message instead.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -26,7 +25,6 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.exceptions import MissingContextError
 from prefect.settings import get_current_settings
 
 from potstill.config import TeacherConfig
@@ -40,6 +38,7 @@ from potstill.labeling.ray_shards import (
 )
 from potstill.labeling.shards import DEFAULT_SHARD_ROWS, ShardError, ShardResult, ShardRun
 from potstill.models import count_parameters, folder_size_bytes, weights_location
+from tasks.tracking import run_logger
 
 RAY_TASK_RETRIES = 3  # Ray re-runs a shard whose worker died this many times before the run fails
 _CONNECTED: list[str | None] = []  # the address this module connected Ray to (empty: not connected)
@@ -152,13 +151,6 @@ class RayLabeling:
         return sorted({f"{o.pid}@{o.host}" for o in self.outcomes})
 
 
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except MissingContextError:  # called outside a flow or task (benchmarks)
-        return logging.getLogger(__name__)
-
-
 def label_on_ray(
     rows: list[dict[str, Any]],
     cfg: TeacherConfig,
@@ -243,7 +235,7 @@ def label_on_ray(
         outcomes,
         probe,
     )
-    _logger().info(
+    run_logger(__name__).info(
         "Ray: %d shard(s) on %d worker(s) %s in %.1fs (teacher replicas loaded in %.1fs); %d row(s) resumed",
         len(outcomes),
         len(out.workers),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -139,6 +140,17 @@ def log_rows(run_id: str, rows: list[dict[str, Any]], artifact_file: str) -> Non
         path = Path(tmp) / Path(artifact_file).name
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         log_file(run_id, path, str(Path(artifact_file).parent) if "/" in artifact_file else None)
+
+
+def run_logger(name: str = "potstill") -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's run logger inside a flow or task, else the plain logger `name` (benchmarks, tests)."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(name)
 
 
 # ---- registered models as teacher or student sources (`teacher.model: models:/<name>@<alias>`)

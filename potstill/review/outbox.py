@@ -164,16 +164,19 @@ def sync_outbox(client: ReviewClient, outbox: str | Path | Outbox) -> int:
     A project's rows leave the outbox only after their import succeeded; an unreachable server raises
     `ReviewServerUnavailable` with the rest still queued.
     """
-    box = outbox if isinstance(outbox, Outbox) else Outbox(outbox)
+    return _sync(client, outbox if isinstance(outbox, Outbox) else Outbox(outbox)).created
+
+
+def _sync(client: ReviewClient, box: Outbox) -> Delivery:
     groups: dict[str, tuple[ReviewProjectSpec, list[dict[str, Any]]]] = {}
     for e in box.entries():
         spec = ReviewProjectSpec.from_dict(e["project"])
         groups.setdefault(spec.key, (spec, []))[1].append(e["task"])
-    created = 0
+    total = Delivery(0, 0, 0)
     for spec, tasks in groups.values():
         pid = client.ensure_project(spec)
-        created += deliver(client, pid, spec, tasks, box).created
-    return created
+        total += deliver(client, pid, spec, tasks, box)
+    return total
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,11 @@ class Delivery:
     created: int
     skipped: int
     rejected: int
+
+    def __add__(self, other: Delivery) -> Delivery:
+        return Delivery(
+            self.created + other.created, self.skipped + other.skipped, self.rejected + other.rejected
+        )
 
 
 def deliver(
@@ -203,9 +211,9 @@ def deliver(
             box.reject(spec, tasks[0], e)
             return Delivery(0, 0, 1)
         half = len(tasks) // 2
-        a = deliver(client, project_id, spec, tasks[:half], box)
-        b = deliver(client, project_id, spec, tasks[half:], box)
-        return Delivery(a.created + b.created, a.skipped + b.skipped, a.rejected + b.rejected)
+        return deliver(client, project_id, spec, tasks[:half], box) + deliver(
+            client, project_id, spec, tasks[half:], box
+        )
     box.remove(spec, (str(t["data"]["row_id"]) for t in tasks))
     return Delivery(result.created, result.skipped, 0)
 
@@ -227,10 +235,11 @@ def push_rows(
     tasks = build_tasks(rows, spec, dataset_version)
     box = Outbox(outbox) if outbox is not None else None
     delivered = 0
-    rejected_before = len(box.rejected()) if box is not None else 0
+    refused_before = 0  # refused while delivering the outbox
     try:
         if box is not None:
-            delivered = sync_outbox(client, box)
+            synced = _sync(client, box)
+            delivered, refused_before = synced.created, synced.rejected
         pid = client.ensure_project(spec)
         if box is None:
             imported = client.import_tasks(pid, tasks)
@@ -253,7 +262,7 @@ def push_rows(
             "and go out on the next push or review sync",
         )
     queued = len(box) if box is not None else 0
-    rejected = len(box.rejected()) - rejected_before if box is not None else 0
+    rejected = refused_before + result.rejected
     return PushResult(
         target="label-studio",
         created=result.created + delivered,
