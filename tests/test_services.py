@@ -5,11 +5,14 @@ nothing embedded (no SQLite MLflow store, no ephemeral Prefect API, no local DVC
 
 from __future__ import annotations
 
+import base64
+import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import boto3
@@ -22,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from potstill.data.catalog import Catalog
 from potstill.data.versioning import REMOTE_ENDPOINT_ENV, REMOTE_URL_ENV, DvcStore
+from potstill.labeling.ray_shards import LOOPBACK_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 POTSTILL = Path(sys.executable).with_name("potstill")
@@ -57,6 +61,10 @@ def postgres_rows(services: Services, database: str, sql: str, args: tuple) -> l
         return cur.fetchall()
 
 
+def output_of(done: subprocess.CompletedProcess[str]) -> str:
+    return done.stdout + done.stderr
+
+
 def dvc_config(root: Path) -> dict:
     from dvc.repo import Repo
 
@@ -89,133 +97,95 @@ def test_dvc_remote_comes_from_the_environment(tmp_path: Path, monkeypatch: pyte
 
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
-COMPOSE_SECRETS = {
-    "POSTGRES_PASSWORD": "pg",
-    "MINIO_ROOT_PASSWORD": "minio-secret",
-    "LABEL_STUDIO_PASSWORD": "ls",
-    "LABEL_STUDIO_API_KEY": "0" * 40,
-}
+RAY_PROBE = """
+import ray, sys
+try:
+    ray.init(sys.argv[1], log_to_driver=False)
+    print("connected", ray.get(ray.put(21)) * 2)
+except ConnectionError as exc:
+    print("refused", type(exc).__name__)
+"""
 
 
-def test_compose_file_describes_the_same_services_on_loopback():
-    """Validated only (no image pulls here): structure, and `docker compose config` where a Compose is
-    installed (the v2 plugin or Debian's docker-compose 1.29)."""
-    compose = yaml.safe_load((INFRA / "compose.yaml").read_text())
-    services = compose["services"]
-    assert set(services) >= {
-        "postgres",
-        "minio",
-        "mlflow",
-        "prefect-server",
-        "prefect-worker",
-        "ray-head",
-        "label-studio",
-        "vllm-openai",
-    }
-    for name, svc in services.items():
-        assert "image" in svc, name
-        for port in svc.get("ports", []):
-            assert str(port).startswith("127.0.0.1:"), (name, port)  # published on loopback only
-        assert set(svc.get("depends_on", {})) <= set(services), name
-    assert services["vllm-openai"]["profiles"] == ["gpu"]
-    assert "--serve-artifacts" in services["mlflow"]["command"]
-    assert "s3://" in services["mlflow"]["environment"]["MLFLOW_ARTIFACTS_DESTINATION"]
-    url = services["prefect-server"]["environment"]["PREFECT_SERVER_DATABASE_CONNECTION_URL"]
-    assert url.startswith("postgresql+asyncpg://")
-    assert (INFRA / "compose" / "postgres-init.sql").exists()
-    assert (INFRA.parent / services["prefect-worker"]["build"]["dockerfile"]).exists()
-
-    tool = next(
-        (cmd for cmd in (["docker", "compose"], ["docker-compose"]) if _runs([*cmd, "version"])), None
-    )
-    if tool is None:
-        pytest.skip("no docker compose here: structural checks only")
-    env = {**os.environ, **COMPOSE_SECRETS}
-    done = subprocess.run(
-        [*tool, "-f", str(INFRA / "compose.yaml"), "--profile", "gpu", "config"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    resolved = yaml.safe_load(done.stdout)["services"]
-    assert resolved["postgres"]["environment"]["POSTGRES_PASSWORD"] == "pg"
-    missing = {k: v for k, v in env.items() if k != "POSTGRES_PASSWORD"}
-    failed = subprocess.run(
-        [*tool, "-f", str(INFRA / "compose.yaml"), "config", "-q"],
-        env=missing,
-        capture_output=True,
-        text=True,
-    )
-    assert failed.returncode != 0 and "POSTGRES_PASSWORD" in failed.stderr  # secrets are required
-
-
-def _runs(cmd: list[str]) -> bool:
+def _status(url: str, auth: str | None = None, body: dict | None = None) -> int:
+    """The HTTP status of one request (a JSON POST when `body` is given), with HTTP basic auth if `auth`."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    if auth is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
     try:
-        return subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
-def test_k8s_manifests_are_well_formed():
-    """Validated only (no cluster here): every document has apiVersion, kind and a name; the kustomization
-    lists every file; selectors match their workloads; secrets come from one Secret."""
-    folder = INFRA / "k8s"
-    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
-    files = sorted(p.name for p in folder.glob("*.yaml") if p.name != "kustomization.yaml")
-    assert sorted(kustomization["resources"]) == files
-    docs = [d for f in files for d in yaml.safe_load_all((folder / f).read_text()) if d]
-    for doc in docs:
-        assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"], doc
-    kinds = {(d["kind"], d["metadata"]["name"]): d for d in docs}
-    assert kinds[("RayCluster", "potstill-ray")]["apiVersion"] == "ray.io/v1"
-    worker = kinds[("Deployment", "prefect-worker")]["spec"]["template"]["spec"]["containers"][0]
-    assert worker["command"][-2:] == ["--type", "kubernetes"]
-    vllm = kinds[("Deployment", "vllm-openai")]["spec"]["template"]["spec"]["containers"][0]
-    assert "nvidia.com/gpu" in vllm["resources"]["limits"]
-    assert {"postgres", "minio", "mlflow", "prefect-server", "vllm-openai"} <= {
-        name for kind, name in kinds if kind == "Service"
+def test_every_server_refuses_a_request_without_its_credentials(services: Services):
+    """Auth is on for every service the script starts: MLflow (basic-auth app), Prefect (API auth string),
+    Ray (token), PostgreSQL (a role per service, no superuser, no access to the other's database); each
+    one answers a request with the env file's credentials and refuses it without them."""
+    env = services.env
+    mlflow_auth = f"{env['MLFLOW_TRACKING_USERNAME']}:{env['MLFLOW_TRACKING_PASSWORD']}"
+    search = env["MLFLOW_TRACKING_URI"] + "/api/2.0/mlflow/experiments/search?max_results=1"
+    assert _status(search) == 401
+    assert _status(search, env["MLFLOW_TRACKING_USERNAME"] + ":wrong") == 401
+    assert _status(search, mlflow_auth) == 200
+    assert _status(env["MLFLOW_TRACKING_URI"] + "/health") == 200  # probes need no credentials
+
+    flows = env["PREFECT_API_URL"] + "/flows/filter"
+    assert _status(flows, body={}) == 401
+    assert _status(flows, "potstill:wrong", body={}) == 401
+    assert _status(flows, env["PREFECT_API_AUTH_STRING"], body={}) == 200
+    assert _status(env["PREFECT_API_URL"] + "/health") == 200
+
+    secrets = services.state / "secrets"
+    port = services.script_env["POTSTILL_PG_PORT"]
+
+    def connect(role: str, database: str, password: str | None = None):
+        password = password or (secrets / f"{role}-db").read_text().strip()
+        return psycopg2.connect(host="127.0.0.1", port=port, user=role, password=password, dbname=database)
+
+    for role, own, other in (("mlflow", "mlflow", "prefect"), ("prefect", "prefect", "mlflow")):
+        with connect(role, own) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = %s", (role,)
+            )
+            assert cur.fetchone() == (False, False, False), role
+        conn.close()
+        with pytest.raises(psycopg2.OperationalError, match="CONNECT privilege"):
+            connect(role, other)
+        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+            connect(role, own, password="wrong")
+    # The servers themselves connect as their own role, not as the superuser.
+    owners = postgres_rows(
+        services,
+        "postgres",
+        "SELECT datname, pg_get_userbyid(datdba) FROM pg_database WHERE datname = ANY(%s)",
+        (["mlflow", "mlflow_auth", "prefect"],),
+    )
+    assert dict(owners) == {"mlflow": "mlflow", "mlflow_auth": "mlflow", "prefect": "prefect"}
+
+    base = {k: v for k, v in services.client_env().items() if not k.startswith("RAY_")}
+    base[LOOPBACK_ENV] = "0"  # connect on 127.0.0.1 as potstill's own Ray code does
+    gcs = env["RAY_ADDRESS"]
+    probes = {
+        "no token": base,
+        "wrong token": {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 32},
+        "the env file's token": {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": env["RAY_AUTH_TOKEN"]},
     }
-    workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
-    for workload in workloads:
-        spec = workload["spec"]
-        assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
-    for service in (d for d in docs if d["kind"] == "Service"):
-        selector = service["spec"]["selector"].items()
-        assert any(selector <= w["spec"]["template"]["metadata"]["labels"].items() for w in workloads), (
-            service
+    answers = {}
+    for name, probe_env in probes.items():
+        done = subprocess.run(
+            [sys.executable, "-c", RAY_PROBE, gcs], env=probe_env, capture_output=True, text=True, timeout=240
         )
-    refs = {
-        m.group(1)
-        for m in re.finditer(
-            r"secretKeyRef: \{name: ([\w-]+)", "".join((folder / f).read_text() for f in files)
-        )
+        answers[name] = (done.stdout.strip().splitlines() or [""])[-1]
+        if name != "the env file's token":
+            assert "Unauthenticated" in done.stderr or "InvalidAuthToken" in done.stderr, done.stderr[-2000:]
+    assert answers == {
+        "no token": "refused ConnectionError",
+        "wrong token": "refused ConnectionError",
+        "the env file's token": "connected 42",
     }
-    assert refs == {"potstill-secrets"}
-
-
-def test_every_listener_is_on_loopback_and_up_is_idempotent(services: Services):
-    pids = services.pids()
-    expected = {"postgres", "s3", "mlflow", "prefect-server", "prefect-worker", "ray"}
-    assert expected <= set(pids), sorted(pids)
-    ours: set[int] = set()
-    for pid in pids.values():
-        proc = psutil.Process(pid)
-        ours |= {pid, *(child.pid for child in proc.children(recursive=True))}
-    listening = [
-        c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in ours
-    ]
-    assert {c.laddr.ip for c in listening} <= LOOPBACK, [(c.pid, c.laddr) for c in listening]
-    ports = {c.laddr.port for c in listening}
-    for name in ("PG", "S3", "MLFLOW", "PREFECT", "RAY", "RAY_CLIENT"):
-        assert int(services.script_env[f"POTSTILL_{name}_PORT"]) in ports, name
-
-    status = services.script("status", timeout=30).stdout
-    assert all(f"{name}: up" in status for name in expected), status
-    again = services.script("up", timeout=120).stderr
-    assert "started" not in again.replace("postgres already running", "")
-    assert services.pids() == pids  # nothing restarted
 
 
 def test_process_worker_runs_a_deployment(services: Services, tmp_path: Path):
@@ -326,6 +296,8 @@ def test_potstill_run_uses_the_services_and_nothing_embedded(
     assert not (project / ".dvc-storage").exists()  # no local DVC remote
 
     # MLflow server: the run and the registered champion, stored in PostgreSQL.
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(key, services.env[key])
     uri = services.env["MLFLOW_TRACKING_URI"]
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name("potstill-polarity")
@@ -348,6 +320,17 @@ def test_potstill_run_uses_the_services_and_nothing_embedded(
     served = Path(client.download_artifacts(run.info.run_id, "config/params.resolved.yaml", str(tmp_path)))
     s3_bytes = s3_client(services.env).get_object(Bucket="potstill-mlflow", Key=config_key)["Body"].read()
     assert served.read_bytes() == s3_bytes
+    # No credential of the env file reaches the run's params, tags, resolved config or the run's output.
+    secret_keys = (
+        "MLFLOW_TRACKING_PASSWORD",
+        "PREFECT_API_AUTH_STRING",
+        "RAY_AUTH_TOKEN",
+        "AWS_SECRET_ACCESS_KEY",
+    )
+    recorded = [*run.data.params.values(), *run.data.tags.values(), served.read_text(), output_of(done)]
+    for key in secret_keys:
+        leaked = [text[:80] for text in recorded if services.env[key] in text]
+        assert not leaked, (key, leaked)
 
     # Prefect server: the flow run, completed, in PostgreSQL.
     flow_run_id = run.data.tags["prefect.flow_run_id"]

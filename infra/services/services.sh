@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # potstill's shared services on one machine, every listener on 127.0.0.1:
-#   PostgreSQL (one database for MLflow, one for Prefect), an S3-compatible object store (moto's server,
-#   a stand-in for MinIO/S3), the MLflow tracking server (PostgreSQL backend store, S3 artifact destination,
-#   artifacts proxied through the server), the Prefect server on PostgreSQL with a worker on a process
-#   work pool, and a Ray head. Then it writes the client variables to infra/.env.
+#   PostgreSQL (one database and one non-superuser role per service), an S3-compatible object store
+#   (moto's server, a stand-in for MinIO/S3), the MLflow tracking server (PostgreSQL backend store, S3
+#   artifact destination, artifacts proxied through the server, MLflow's basic-auth app), the Prefect server
+#   on PostgreSQL (API auth string) with a worker on a process work pool, and a Ray head (token auth). Then
+#   it writes the client variables, credentials included, to infra/.env (mode 600).
+#
+#   Every credential is random, generated once and kept in <state>/secrets (mode 700): nothing listens
+#   without a password, and there is no default password to forget to change.
 #
 #   infra/services/services.sh up       # start what is not running (idempotent), write infra/.env
 #   infra/services/services.sh down     # stop every process it started, by PID (never a global kill)
@@ -40,6 +44,8 @@ RAY_CLIENT_PORT="${POTSTILL_RAY_CLIENT_PORT:-$((RAY_PORT + 1))}"  # Ray's defaul
 SKIP=" ${POTSTILL_SERVICES_SKIP:-} "
 HOST=127.0.0.1
 PG_USER=potstill
+MLFLOW_USER=potstill  # the basic-auth app's admin, created on its first start
+PG_BIN=""
 WORK_POOL="${POTSTILL_WORK_POOL:-potstill-process}"
 MLFLOW_BUCKET=potstill-mlflow
 DVC_BUCKET=potstill-dvc
@@ -79,10 +85,13 @@ wait_for() {  # wait_for NAME SECONDS CHECK...: poll CHECK until it succeeds, wh
   log "$name ready after $((waited / 4))s"
 }
 
-http_ok() {  # http_ok URL: answers 2xx
-  "$PY" - "$1" <<'PY'
-import sys, urllib.request
-sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=3).status < 300 else 1)
+http_ok() {  # http_ok URL [USER:PASSWORD]: answers 2xx (with HTTP basic auth when given)
+  "$PY" - "$@" <<'PY'
+import base64, sys, urllib.request
+request = urllib.request.Request(sys.argv[1])
+if len(sys.argv) > 2:
+    request.add_header("Authorization", "Basic " + base64.b64encode(sys.argv[2].encode()).decode())
+sys.exit(0 if urllib.request.urlopen(request, timeout=3).status < 300 else 1)
 PY
 }
 
@@ -200,14 +209,38 @@ pg_up() {
   fi
   head -n 1 "$data/postmaster.pid" >"$(pidfile postgres)"
   echo "postgres" >"$STATE/postgres.match"
-  local db
-  for db in mlflow prefect; do
-    if [[ "$(PGPASSWORD="$pw" "$bin/psql" -h "$HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -tAc \
-      "SELECT 1 FROM pg_database WHERE datname = '$db'")" != 1 ]]; then
-      PGPASSWORD="$pw" "$bin/createdb" -h "$HOST" -p "$PG_PORT" -U "$PG_USER" "$db"
-      log "postgres: created database $db"
+  PG_BIN="$bin"
+  # One role per service (LOGIN, no superuser, no CREATEDB/CREATEROLE) owning its databases, and CONNECT
+  # revoked from PUBLIC: MLflow's credentials cannot open Prefect's database, nor the other way round. The
+  # bootstrap superuser (potstill) only administers.
+  local role db
+  for role in mlflow prefect; do
+    if [[ "$(pg_sql postgres "SELECT 1 FROM pg_roles WHERE rolname = '$role'")" != 1 ]]; then
+      pg_sql postgres "CREATE ROLE $role LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '$(secret "$role-db")'" >/dev/null
+      log "postgres: created role $role"
     fi
   done
+  for db in mlflow:mlflow mlflow_auth:mlflow prefect:prefect; do
+    role="${db#*:}" db="${db%%:*}"
+    if [[ "$(pg_sql postgres "SELECT 1 FROM pg_database WHERE datname = '$db'")" != 1 ]]; then
+      PGPASSWORD="$pw" "$bin/createdb" -h "$HOST" -p "$PG_PORT" -U "$PG_USER" -O "$role" "$db"
+      log "postgres: created database $db (owner $role)"
+    fi
+    pg_sql postgres "REVOKE CONNECT, TEMPORARY ON DATABASE $db FROM PUBLIC" >/dev/null
+    if [[ "$(db_owner "$db")" != "$role" ]]; then  # a data dir from before per-service roles
+      log "postgres: database $db is owned by $(db_owner "$db"), not $role: its service keeps connecting as" \
+        "that owner (run 'down', delete $root and 'up' again for per-service roles)"
+    fi
+  done
+}
+
+pg_sql() {  # pg_sql DB SQL: one statement as the bootstrap superuser, tuples only
+  PGPASSWORD="$(secret postgres)" "$PG_BIN/psql" -h "$HOST" -p "$PG_PORT" -U "$PG_USER" -d "$1" \
+    -v ON_ERROR_STOP=1 -tAc "$2"
+}
+
+db_owner() {  # db_owner DB: the role that owns DB
+  pg_sql postgres "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '$1'"
 }
 
 pg_down() {
@@ -220,8 +253,14 @@ pg_down() {
   rm -f "$(pidfile postgres)"
 }
 
-pg_url() {  # pg_url DRIVER DB
-  echo "$1://$PG_USER:$(secret postgres)@$HOST:$PG_PORT/$2"
+pg_url() {  # pg_url DRIVER DB: connect as the database's owner (its service's role)
+  local owner
+  owner="$(db_owner "$2")"
+  if [[ "$owner" == "$PG_USER" ]]; then
+    echo "$1://$PG_USER:$(secret postgres)@$HOST:$PG_PORT/$2"
+  else
+    echo "$1://$owner:$(secret "$owner-db")@$HOST:$PG_PORT/$2"
+  fi
 }
 
 # ---- S3-compatible store: moto's server (in memory: objects live as long as the process)
@@ -259,9 +298,19 @@ mlflow_up() {
     export MLFLOW_ARTIFACTS_DESTINATION="s3://$MLFLOW_BUCKET/artifacts"
     export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false  # else 7 more processes (~1.5 GB) for UI jobs
     export MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1
-    unset MLFLOW_TRACKING_URI
-    spawn mlflow "mlflow server" "$BIN/mlflow" server --serve-artifacts --host "$HOST" --port "$MLFLOW_PORT" \
-      --workers 1
+    # MLflow's basic-auth app: users and permissions in their own database (mlflow_auth, role mlflow). Its
+    # database_uri is read only from the ini file, which therefore holds a password: mode 600, state dir.
+    export MLFLOW_AUTH_CONFIG_PATH="$STATE/mlflow-auth.ini"
+    local auth_db
+    auth_db="$(pg_url postgresql+psycopg2 mlflow_auth)"
+    (umask 077 && printf '%s\n' "[mlflow]" "default_permission = READ" "database_uri = $auth_db" \
+      "admin_username = $MLFLOW_USER" \
+      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth" >"$MLFLOW_AUTH_CONFIG_PATH")
+    export MLFLOW_AUTH_ADMIN_USERNAME="$MLFLOW_USER" MLFLOW_AUTH_ADMIN_PASSWORD="$(secret mlflow-admin)"
+    export MLFLOW_FLASK_SERVER_SECRET_KEY="$(secret mlflow-flask)"
+    unset MLFLOW_TRACKING_URI MLFLOW_TRACKING_USERNAME MLFLOW_TRACKING_PASSWORD
+    spawn mlflow "mlflow server" "$BIN/mlflow" server --app-name basic-auth --serve-artifacts --host "$HOST" \
+      --port "$MLFLOW_PORT" --workers 1
   )
   wait_for mlflow 120 http_ok "http://$HOST:$MLFLOW_PORT/health"
 }
@@ -274,6 +323,7 @@ prefect_up() {
       export PREFECT_HOME="$STATE/prefect-server"
       export PREFECT_SERVER_DATABASE_CONNECTION_URL="$(pg_url postgresql+asyncpg prefect)"
       export PREFECT_SERVER_API_HOST="$HOST" PREFECT_SERVER_API_PORT="$PREFECT_PORT"
+      export PREFECT_SERVER_API_AUTH_STRING="$(prefect_auth)"  # every API call but /api/health needs it
       export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
       unset PREFECT_API_URL  # the server must not report to another API
       mkdir -p "$PREFECT_HOME"
@@ -285,6 +335,8 @@ prefect_up() {
   if alive prefect-worker; then log "prefect-worker already running"; return; fi
   (
     export PREFECT_HOME="$STATE/prefect-worker" PREFECT_API_URL="http://$HOST:$PREFECT_PORT/api"
+    export PREFECT_API_AUTH_STRING="$(prefect_auth)"  # the flow runs it starts inherit it
+    mlflow_client_env
     export PREFECT_WORKER_QUERY_SECONDS="${PREFECT_WORKER_QUERY_SECONDS:-10}"
     export PREFECT_WORKER_PREFETCH_SECONDS="${PREFECT_WORKER_PREFETCH_SECONDS:-10}"
     export PREFECT_WORKER_WEBSERVER_HOST="$HOST"  # only used when the webserver is turned on
@@ -293,7 +345,13 @@ prefect_up() {
     spawn prefect-worker "prefect worker start" "$BIN/prefect" worker start --pool "$WORK_POOL" --type process \
       --name "potstill-$STATE_HASH"
   )
-  wait_for prefect-worker 60 http_ok "http://$HOST:$PREFECT_PORT/api/work_pools/$WORK_POOL"
+  wait_for prefect-worker 60 http_ok "http://$HOST:$PREFECT_PORT/api/work_pools/$WORK_POOL" "$(prefect_auth)"
+}
+
+prefect_auth() { echo "$PG_USER:$(secret prefect-auth)"; }
+
+mlflow_client_env() {
+  export MLFLOW_TRACKING_USERNAME="$MLFLOW_USER" MLFLOW_TRACKING_PASSWORD="$(secret mlflow-admin)"
 }
 
 # ---- Ray head
@@ -350,7 +408,10 @@ write_env() {
     cat >"$ENV_FILE" <<EOF
 # Written by infra/services/services.sh up ($(date -u +%FT%TZ)). Load with: set -a; . $ENV_FILE; set +a
 MLFLOW_TRACKING_URI=http://$HOST:$MLFLOW_PORT
+MLFLOW_TRACKING_USERNAME=$MLFLOW_USER
+MLFLOW_TRACKING_PASSWORD=$(secret mlflow-admin)
 PREFECT_API_URL=http://$HOST:$PREFECT_PORT/api
+PREFECT_API_AUTH_STRING=$(prefect_auth)
 $ray_line
 POTSTILL_WORK_POOL=$WORK_POOL
 # S3-compatible store (moto's server standing in for MinIO/S3; dummy credentials)
