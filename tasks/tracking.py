@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,7 +88,9 @@ def parent_run(
     from mlflow.entities import Param
 
     client = configure(root)
-    run = client.create_run(experiment_id(client, experiment, root), run_name=run_name, tags=tags)
+    exp_id = experiment_id(client, experiment, root)
+    end_dead_runs(client, exp_id)
+    run = client.create_run(exp_id, run_name=run_name, tags={**tags, **process_tags()})
     run_id = run.info.run_id
     if params:
         client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
@@ -99,6 +102,51 @@ def parent_run(
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
+
+
+def process_tags() -> dict[str, str]:
+    """Which process owns a run: host, PID and the PID's start time (a reused PID is another process)."""
+    import psutil
+
+    me = psutil.Process()
+    return {
+        "potstill.host": socket.gethostname(),
+        "potstill.pid": str(me.pid),
+        "potstill.pid_start": f"{me.create_time():.2f}",
+    }
+
+
+def end_dead_runs(client: MlflowClient, exp_id: str) -> list[str]:
+    """End as KILLED the runs of this experiment left RUNNING by a process of this host that is gone (a
+    SIGKILL or a crash ends no run: MLflow would show it running forever). Runs of other hosts, and runs
+    whose process lives, are left alone. Returns the ids ended."""
+    import psutil
+
+    host = socket.gethostname()
+    found = client.search_runs(
+        [exp_id], filter_string=f"attributes.status = 'RUNNING' and tags.`potstill.host` = '{host}'"
+    )
+    ended = []
+    for run in found:
+        pid, start = run.data.tags.get("potstill.pid"), run.data.tags.get("potstill.pid_start")
+        if pid is None or start is None:
+            continue
+        try:
+            alive = f"{psutil.Process(int(pid)).create_time():.2f}" == start
+        except (psutil.Error, ValueError):
+            alive = False
+        if alive:
+            continue
+        client.set_tag(run.info.run_id, "potstill.ended", f"killed: process {pid} on {host} is gone")
+        client.set_terminated(run.info.run_id, "KILLED")
+        ended.append(run.info.run_id)
+    if ended:
+        run_logger().warning(
+            "ended %d run(s) left RUNNING by a process that is gone, as KILLED: %s",
+            len(ended),
+            ", ".join(ended),
+        )
+    return ended
 
 
 def experiment_id(client: MlflowClient, name: str, root: Path) -> str:

@@ -9,19 +9,26 @@ root, which `main` puts on the import path.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from potstill.cli.parser import build_parser
 from potstill.env import apply_defaults, find_project_root, use_project_code
+from potstill.processes import tie_temporary_prefect_server
 
 __all__ = ["build_parser", "main"]
+
+# Commands that never start a flow (and so never Prefect's temporary server): no 2 s server import.
+NO_FLOWS = frozenset({"init", "task", "dvc", "catalog", "lineage", "config", "train-worker"})
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     root = apply_defaults(args.project.resolve() if args.project else find_project_root())
     use_project_code(root)  # tasks/ and flows/ are project code, not installed packages
+    if args.command not in NO_FLOWS and not os.environ.get("PREFECT_API_URL"):
+        tie_temporary_prefect_server()  # a SIGKILLed run leaves no temporary Prefect server behind
     from potstill.cli.logs import is_user_error, log_exception, log_path
 
     try:
