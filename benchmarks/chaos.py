@@ -32,6 +32,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -416,7 +417,9 @@ def machine() -> str:
 
 def command_line(args: argparse.Namespace) -> str:
     return "python benchmarks/chaos.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "folder")
+        f"--{k.replace('_', '-')} {shlex.quote(str(v))}"
+        for k, v in vars(args).items()
+        if k not in ("out", "folder") and v != ""
     )
 
 
