@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from potstill.cli.parser import build_parser
+from potstill.cli.prefect_server import tie_temporary_prefect_server
 from potstill.env import apply_defaults, find_project_root, use_project_code
-from potstill.processes import tie_temporary_prefect_server
 
 __all__ = ["build_parser", "main"]
 
