@@ -25,11 +25,9 @@ the same code with the tiny test teacher and four kills.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import random
 import re
 import shlex
@@ -47,6 +45,10 @@ import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # benchmarks.support, as the other benchmark scripts
+
+from benchmarks.support.sections import machine, write_section
+
 POTSTILL = Path(sys.executable).with_name("potstill")
 SECTION = "## Chaos"
 
@@ -404,33 +406,12 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
     )
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    return f"{platform.platform()}, {cpu}, {os.cpu_count()} cores"
-
-
 def command_line(args: argparse.Namespace) -> str:
     return "python benchmarks/chaos.py " + " ".join(
         f"--{k.replace('_', '-')} {shlex.quote(str(v))}"
         for k, v in vars(args).items()
         if k not in ("out", "folder") and v != ""
     )
-
-
-def write_section(text: str, path: Path) -> None:
-    old = path.read_text() if path.exists() else ""
-    if SECTION in old:
-        start = old.index(SECTION)
-        nxt = re.search(r"\n## [A-Z]", old[start + len(SECTION) :])
-        end = start + len(SECTION) + nxt.start() + 1 if nxt else len(old)
-        old = old[:start] + old[end:]
-    path.write_text(old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n")
 
 
 def overrides_for(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -471,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(
         json.dumps({"command": command_line(args), "machine": machine(), **result}, indent=1) + "\n"
     )
-    write_section(text, ROOT / "BENCHMARKS.md")
+    write_section(text, ROOT / "BENCHMARKS.md", SECTION)
     return 0 if result["passed"] else 1
 
 

@@ -28,7 +28,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -49,6 +48,7 @@ import yaml
 
 from benchmarks.support import generative_data as D
 from benchmarks.support import sections
+from benchmarks.support.sections import machine
 
 SECTION = "## Generative students"
 MATH_TASK = "gsm8k"
@@ -413,19 +413,6 @@ def findings(results: dict[str, dict[str, Any]]) -> str:
     if not facts:
         return "No run finished: nothing to compare."
     return " ".join(facts)
-
-
-def machine() -> str:
-    """platform, CPU model (from /proc/cpuinfo) and core count: the numbers only mean something with it."""
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.platform()}, {cpu}, {os.cpu_count()} cores"
 
 
 def report(
